@@ -1,0 +1,1 @@
+"""MBQuant reproducibility suite."""

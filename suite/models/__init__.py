@@ -1,0 +1,18 @@
+"""The model registry: a plain dict from name to builder; every model builds from its name plus kwargs.
+
+Every model exposes ``model.set_bits(b)``, the one bit-width switch used by the trainer, evaluation and users.
+"""
+from __future__ import annotations
+
+from suite.models.mbquant_resnet_cifar import mbquant_resnet8, mbquant_resnet20
+
+MODELS = {
+    "mbquant_resnet20": mbquant_resnet20,
+    "mbquant_resnet8": mbquant_resnet8,
+}
+
+
+def create_model(name: str, **kwargs):
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(MODELS))}")
+    return MODELS[name](**kwargs)
