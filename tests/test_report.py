@@ -1,0 +1,206 @@
+"""Tests of suite.report on synthetic runs (the numbers are fake, chosen so the means and SDs are easy to check)."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import matplotlib.text
+import pandas as pd
+import pytest
+
+from suite import report
+
+BITS = (2, 4, 6, 8)
+SEEDS = (0, 1, 2)
+ARMS = ("baseline", "mbquant")
+# Three sections in report order: manifest A at paper then smoke scale, manifest B at smoke scale only.
+SECTIONS = (("fake_a_2468", "paper"), ("fake_a_2468", "smoke"), ("fake_b_2468", "smoke"))
+
+
+def fake_top1(arm: str, seed: int, bits: int) -> float:
+    # seeds 0, 1, 2 add 0, 0.5, 1.0: every cell has mean = base + 0.5 and SD = 0.5 exactly
+    return 50.0 + bits + (2.0 if arm == "mbquant" else 0.0) + 0.5 * seed
+
+
+def make_runs(sections=SECTIONS, arms=ARMS, seeds=SEEDS, bits=BITS) -> pd.DataFrame:
+    rows = []
+    for (manifest, profile), arm, seed in itertools.product(sections, arms, seeds):
+        run_id = f"{manifest}-{profile}-{arm}-{seed}"
+        for b in bits:
+            rows.append(dict(
+                manifest=manifest, manifest_version=1, title=f"Fake experiment {manifest}", paper_ref="Table 3",
+                paper_verified=False, profile=profile, arm=arm, method=arm, seed=seed, bits=b,
+                top1=fake_top1(arm, seed, b), top5=90.0 + b + seed, dataset="fakeset", model="fakenet",
+                run_id=run_id,
+            ))
+    return pd.DataFrame(rows)
+
+
+def cell(table: pd.DataFrame, manifest: str, profile: str, arm: str, bits: int) -> pd.Series:
+    sel = table[(table.manifest == manifest) & (table.profile == profile) & (table.arm == arm) & (table.bits == bits)]
+    assert len(sel) == 1
+    return sel.iloc[0]
+
+
+REFERENCE = pd.DataFrame(dict(manifest=["fake_a_2468"], arm=["mbquant"], bits=[4], top1=[55.0], source=["fake Table 3"]))
+
+
+# ----------------------------------------------------------------------------------------------- summary table
+
+def test_summary_table_hand_checked_cell():
+    table = report.summary_table(make_runs())
+    assert len(table) == len(SECTIONS) * len(ARMS) * len(BITS)
+    row = cell(table, "fake_a_2468", "paper", "mbquant", 4)
+    # top-1 of seeds 0, 1, 2: 56.0, 56.5, 57.0; top-5: 94, 95, 96
+    assert row.n_seeds == 3
+    assert row.top1_mean == pytest.approx(56.5)
+    assert row.top1_std == pytest.approx(0.5)
+    assert row.top5_mean == pytest.approx(95.0)
+
+
+def test_one_seed_has_no_sd_and_shows_a_dash():
+    table = report.summary_table(make_runs(seeds=(7,)))
+    assert table["n_seeds"].eq(1).all()
+    assert table["top1_std"].isna().all()
+    assert (report.format_summary(table)["top-1 SD"] == report.DASH).all()
+
+
+@pytest.mark.parametrize("reference", [None, REFERENCE.iloc[0:0]])
+def test_no_reference_reads_not_transcribed(reference):
+    table = report.summary_table(make_runs(), reference)
+    assert table["paper_top1"].isna().all() and table["diff_top1"].isna().all()
+    assert (table["paper_source"] == "not transcribed").all()
+    shown = report.format_summary(table)
+    assert (shown["paper top-1 (%)"] == "not transcribed").all()
+    assert (shown["ours − paper"] == report.DASH).all()
+
+
+def test_reference_row_gives_paper_value_and_difference():
+    table = report.summary_table(make_runs(), REFERENCE)
+    row = cell(table, "fake_a_2468", "paper", "mbquant", 4)
+    assert row.paper_top1 == 55.0 and row.paper_source == "fake Table 3"
+    assert row.diff_top1 == pytest.approx(56.5 - 55.0)
+    # the other rows stay untranscribed: no number is invented
+    assert table["paper_top1"].notna().sum() == 2  # the paper and smoke rows of that (manifest, arm, bits)
+    assert (table.loc[table["paper_top1"].isna(), "paper_source"] == "not transcribed").all()
+
+    # a smoke-scale run shows the paper value but no difference against it
+    smoke = cell(table, "fake_a_2468", "smoke", "mbquant", 4)
+    assert smoke.paper_top1 == 55.0 and math.isnan(smoke.diff_top1)
+    shown = report.format_summary(table[(table.profile == "smoke") & (table.manifest == "fake_a_2468")])
+    hit = shown[(shown.arm == "mbquant") & (shown.bits == "4")].iloc[0]
+    assert hit["paper top-1 (%)"] == "55.00" and hit["ours − paper"] == "n/a (smoke-scale)"
+    shown = report.format_summary(table[table.profile == "paper"])
+    assert "+1.50" in set(shown["ours − paper"])
+
+
+def test_duplicate_seed_is_rejected(tmp_path):
+    runs = make_runs()
+    with pytest.raises(ValueError, match="same"):
+        report.write_report(pd.concat([runs, runs.iloc[:1]]), tmp_path / "r.pdf")
+    assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------------- figure
+
+def test_accuracy_figure_labels():
+    runs = make_runs()
+    smoke = report.accuracy_figure(runs[(runs.manifest == "fake_a_2468") & (runs.profile == "smoke")])
+    ax = smoke.axes[0]
+    assert "smoke-scale" in ax.get_title() and "smoke-scale" in ax.get_ylabel()
+    assert "Fake experiment fake_a_2468" in ax.get_title()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["baseline (n=3)", "mbquant (n=3)"]
+    assert list(ax.get_xticks()) == list(BITS)
+
+    paper = report.accuracy_figure(runs[(runs.manifest == "fake_a_2468") & (runs.profile == "paper")]).axes[0]
+    assert "-scale" not in paper.get_title() and "-scale" not in paper.get_ylabel()
+    assert "paper profile" in paper.get_title()
+
+    with pytest.raises(ValueError, match="one profile"):
+        report.accuracy_figure(runs[runs.manifest == "fake_a_2468"])
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+class RecordingPdfPages(report.PdfPages):
+    """PdfPages that also keeps every text drawn on each saved page (the PDF itself stores glyphs, not words)."""
+    pages: list[str] = []
+
+    def savefig(self, figure=None, **kwargs):
+        RecordingPdfPages.pages.append("\n".join(t.get_text() for t in figure.findobj(matplotlib.text.Text)))
+        super().savefig(figure, **kwargs)
+
+
+def test_write_report_pages_labels_and_pngs(tmp_path, monkeypatch):
+    RecordingPdfPages.pages = []
+    monkeypatch.setattr(report, "PdfPages", RecordingPdfPages)
+    out, figures = tmp_path / "out" / "report.pdf", tmp_path / "figures"
+    header = {"git commit": "0123abc", "torch": "2.5.1", "tracking URI": "file:///tmp/mlruns"}
+
+    pages = report.write_report(make_runs(), out, reference=REFERENCE, figures_dir=figures, header=header)
+
+    # title page + (figure page + one table page of 8 rows) per section
+    assert pages == 1 + 2 * len(SECTIONS)
+    assert out.read_bytes().startswith(b"%PDF") and out.stat().st_size > 10_000
+    assert report.count_pdf_pages(out) == pages
+    assert [p.name for p in out.parent.iterdir()] == ["report.pdf"]  # no temporary file left behind
+
+    texts = RecordingPdfPages.pages
+    assert len(texts) == pages
+    title = texts[0]
+    assert "MBQuant reproducibility suite" in title and "Generated" in title
+    assert all(f"{k}: {v}" in title for k, v in header.items())
+    assert "Profiles present: paper, smoke" in title and "NOT comparable to the paper" in title
+    # section pages in order: A/paper (2 pages), A/smoke (2), B/smoke (2); every smoke page says so
+    for i, (manifest, profile) in enumerate(SECTIONS):
+        for text in texts[1 + 2 * i: 3 + 2 * i]:
+            assert manifest in text and f"{profile} profile" in text
+            assert ("smoke-scale" in text) == (profile == "smoke")
+
+    pngs = sorted(figures.iterdir())
+    assert [p.name for p in pngs] == sorted(report._png_name(m, p) for m, p in SECTIONS)
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
+
+
+def test_long_table_splits_over_pages(tmp_path):
+    arms = [f"arm{i:02d}" for i in range(7)]  # 28 rows > TABLE_ROWS_PER_PAGE
+    runs = make_runs(sections=SECTIONS[1:2], arms=arms, seeds=(0, 1))
+    table_pages = math.ceil(len(arms) * len(BITS) / report.TABLE_ROWS_PER_PAGE)
+    assert table_pages > 1
+    out = tmp_path / "long.pdf"
+    assert report.write_report(runs, out) == 1 + 1 + table_pages == report.count_pdf_pages(out)
+
+
+def test_empty_runs_raise_and_write_nothing(tmp_path):
+    out = tmp_path / "sub" / "report.pdf"
+    for empty in (make_runs().iloc[0:0], pd.DataFrame()):
+        with pytest.raises(ValueError, match="no finished runs found in file:///x/mlruns"):
+            report.write_report(empty, out, figures_dir=tmp_path / "figs", source="file:///x/mlruns")
+    assert not any(tmp_path.iterdir())
+
+
+def test_crash_keeps_previous_report(tmp_path, monkeypatch):
+    out = tmp_path / "report.pdf"
+    out.write_bytes(b"previous report")
+
+    def boom(_runs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(report, "accuracy_figure", boom)
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        report.write_report(make_runs(), out)
+    assert out.read_bytes() == b"previous report"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.pdf"]
+
+
+def test_save_figures_returns_paths(tmp_path):
+    paths = report.save_figures(make_runs(sections=SECTIONS[:2]), tmp_path / "figs")
+    assert [p.name for p in paths] == ["fake_a_2468__paper.png", "fake_a_2468__smoke.png"]
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
+
+
+def test_count_pdf_pages_ignores_page_tree(tmp_path):
+    pdf = tmp_path / "x.pdf"
+    pdf.write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Pages /Kids [2 0 R 3 0 R] >>\n"
+                    b"2 0 obj << /Type /Page >>\n3 0 obj <</Type/Page/Parent 1 0 R>>\n")
+    assert report.count_pdf_pages(pdf) == 2
