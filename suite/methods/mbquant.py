@@ -161,6 +161,16 @@ class MultiBranchConv(nn.Module):
         a = quantize_activation(x.reshape(N, n, C // n, H, W), a_lo, a_hi, bits).view(N, C, H, W)
         return F.conv2d(a, w, None, self.stride, self.padding, 1, n)
 
+    def macs_and_bitops(self, out: torch.Tensor) -> tuple[int, int]:
+        """One image's MACs through the rows that ran, and BitOPs at 2-bit weights x b-bit activations."""
+        sl, k = self.slices(self.active_bits), self.weight.shape[2] * self.weight.shape[3]
+        h, w = out.shape[-2:]
+        macs = sl.groups * self.co * h * w * self.ci * k
+        if sl.partial is not None:
+            rows, cols, _, _ = sl.partial
+            macs += (rows[1] - rows[0]) * h * w * (cols[1] - cols[0]) * k
+        return macs, macs * 2 * self.active_bits
+
     @torch.no_grad()
     def _calibrate(self, x: torch.Tensor, weight: torch.Tensor, slots: tuple[int, int], bits: int) -> None:
         """The release's quantizer initialisation for the slots this forward uses (mbquant.md §2)."""

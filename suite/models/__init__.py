@@ -5,8 +5,11 @@ Every model exposes ``model.set_bits(b)``, the one bit-width switch used by the 
 from __future__ import annotations
 
 from suite.models.mbquant_resnet_cifar import mbquant_resnet8, mbquant_resnet20
+from suite.models.resnet_cifar import resnet8, resnet20
 
 MODELS = {
+    "resnet20": resnet20,  # single-branch, body layers from the method's conv/norm factories
+    "resnet8": resnet8,
     "mbquant_resnet20": mbquant_resnet20,
     "mbquant_resnet8": mbquant_resnet8,
 }

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from suite.models.base import BitSwitchable
 from suite.methods.mbquant import MultiBranchConv, SwitchableBatchNorm, bn_sizes, first_branch
 
 # Per-stage (partial outputs, partial inputs) of the 3-bit partial branch in the released CIFAR ResNets.
@@ -57,7 +58,7 @@ class BasicBlock(nn.Module):
         return out
 
 
-class MBQuantResNetCIFAR(nn.Module):
+class MBQuantResNetCIFAR(BitSwitchable):
     def __init__(self, depth: int = 20, num_classes: int = 100, *, bits=(2, 4, 6, 8), branches: int = 4,
                  strategy: str = "amortization", release_quirks: bool = True, widths=(16, 32, 64),
                  partial_widths=CIFAR_PARTIAL_WIDTHS):
@@ -89,14 +90,6 @@ class MBQuantResNetCIFAR(nn.Module):
             if isinstance(m, (nn.Conv2d, MultiBranchConv)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")  # whole stored tensor
         self.set_bits(max(self.bits))
-
-    def set_bits(self, bits: int) -> None:
-        """Switch every layer to ``bits``; only the bit-widths the model was built and calibrated for."""
-        if bits not in self.bits:
-            raise ValueError(f"bit-width {bits} cannot be served by this model (built for bits {self.bits})")
-        for m in self.modules():
-            if hasattr(m, "active_bits"):
-                m.active_bits = bits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)), inplace=True)

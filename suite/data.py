@@ -1,0 +1,227 @@
+"""Data: the real CIFAR-10/100 loaders (mbquant.md §7) and an embedded, offline digits set for smoke runs.
+
+``build_data(cfg, batch_size, seed)`` returns a seeded, shuffled training loader and a fixed validation loader.
+
+- CIFAR goes through torchvision's own datasets and files (``<root>/cifar-100-python`` etc.) with the
+  published augmentation. A missing folder or a failed md5 check is a ``DatasetNotFound`` that says exactly
+  what is expected and how to fix it. ``verify_integrity: false`` loads re-packed (or test-written) folders
+  without the md5 check; it is an explicit switch and never applies to downloads.
+- ``digits`` is scikit-learn's 1,797 real 8x8 handwritten digits, shipped inside the package, so the suite
+  runs with no network. The split is fixed (seed 0), whatever the run seed.
+
+Only torch, torchvision, numpy and scikit-learn are imported here, so this file works on a bare GPU image.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+
+# mbquant.md §7: the release normalises with these CIFAR-100 statistics; we use them for CIFAR-10 as well, so
+# both CIFAR settings share one preprocessing (the release only ships a CIFAR-100 recipe).
+CIFAR_MEAN = tuple(v / 255 for v in (129.3, 124.1, 112.4))
+CIFAR_STD = tuple(v / 255 for v in (68.2, 65.4, 70.4))
+
+SUBSET_SEED = 0       # train_limit / val_limit subsets: the same images for every run seed
+DIGITS_SPLIT_SEED = 0  # digits train/test split: the same split for every run seed
+DIGITS_TEST_FRACTION = 0.25
+
+
+@dataclass
+class DataConfig:
+    """``data`` in a manifest."""
+
+    # Plain dict on purpose: pydantic reads it to validate this dataclass strictly, without importing pydantic here.
+    __pydantic_config__ = {"extra": "forbid"}
+    dataset: Literal["cifar10", "cifar100", "digits"] = "cifar100"
+    root: str | None = None          # None -> $SUITE_DATA_ROOT, else ./data
+    download: bool = False           # torchvision download (for users with internet)
+    verify_integrity: bool = True    # False: accept re-packed / test-written CIFAR folders (skips the md5 check)
+    image_size: int = 32             # digits: side the 8x8 digits are resized to; CIFAR: must be 32
+    train_limit: int | None = None   # fixed, seeded subset of this many training images (smoke runs)
+    val_limit: int | None = None     # same for the validation/test set
+    workers: int = 0                 # DataLoader workers
+
+
+@dataclass
+class Data:
+    train: DataLoader   # shuffled with a seeded torch.Generator, drop_last=True
+    val: DataLoader     # not shuffled, drop_last=False
+    num_classes: int
+    image_size: int
+    description: str    # one human line: source, size, split
+
+
+class DatasetNotFound(FileNotFoundError):
+    """The dataset's files are missing or fail the integrity check; the message says what to do."""
+
+
+def build_data(cfg: DataConfig, batch_size: int, seed: int, eval_batch_size: int | None = None) -> Data:
+    if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+        raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
+    if cfg.workers < 0:
+        raise ValueError(f"data.workers must be >= 0, got {cfg.workers}")
+    if cfg.dataset in ("cifar10", "cifar100"):
+        train, val, num_classes, description = _cifar(cfg)
+    elif cfg.dataset == "digits":
+        train, val, num_classes, description = _digits(cfg)
+    else:
+        raise ValueError(f"unknown data.dataset {cfg.dataset!r}; known: cifar10, cifar100, digits")
+
+    train, note = _limit(train, cfg.train_limit, "train_limit")
+    description += note
+    val, note = _limit(val, cfg.val_limit, "val_limit")
+    description += note
+    # drop_last with fewer images than one batch would give an epoch with no steps: say so instead.
+    if len(train) < batch_size:
+        raise ValueError(f"only {len(train)} training images for batch_size {batch_size}: "
+                         "every batch would be dropped (raise data.train_limit or lower the batch size)")
+
+    loader = dict(num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
+    return Data(
+        # The trainer re-seeds this generator every epoch; it also seeds the workers' augmentation RNG.
+        train=DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True,
+                         generator=torch.Generator().manual_seed(seed), **loader),
+        val=DataLoader(val, batch_size=eval_batch_size or batch_size, shuffle=False, drop_last=False, **loader),
+        num_classes=num_classes,
+        image_size=cfg.image_size,
+        description=description,
+    )
+
+
+def _root(cfg: DataConfig) -> str:
+    # Absolute, so an error or a run record says exactly where it looked.
+    return os.path.abspath(os.path.expanduser(cfg.root or os.environ.get("SUITE_DATA_ROOT") or "./data"))
+
+
+def _limit(ds: Dataset, limit: int | None, field: str) -> tuple[Dataset, str]:
+    """A fixed (seed 0) subset of ``limit`` items, kept in dataset order; never silently clamped."""
+    if limit is None:
+        return ds, ""
+    if not 1 <= limit <= len(ds):
+        raise ValueError(f"data.{field}={limit} is out of range: the split has {len(ds)} images (need 1..{len(ds)})")
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(SUBSET_SEED))[:limit]
+    return Subset(ds, sorted(idx.tolist())), f"; {field} {limit} of {len(ds)} (seed {SUBSET_SEED})"
+
+
+# ----------------------------------------------------------------------------------------------- CIFAR
+
+
+def _cifar(cfg: DataConfig):
+    from torchvision import datasets, transforms
+    from torchvision.datasets.utils import check_integrity
+
+    if cfg.image_size != 32:
+        raise ValueError(f"data.image_size must be 32 for {cfg.dataset} (its images are 32x32), got {cfg.image_size}")
+    if cfg.download and not cfg.verify_integrity:
+        raise ValueError("data.verify_integrity: false cannot be combined with data.download: true "
+                         "(downloads are always md5-checked); drop one of the two")
+    official = datasets.CIFAR100 if cfg.dataset == "cifar100" else datasets.CIFAR10
+    name = "CIFAR-100" if cfg.dataset == "cifar100" else "CIFAR-10"
+    root = _root(cfg)
+    folder = os.path.join(root, official.base_folder)
+    files = [f for f, _ in official.train_list + official.test_list] + [official.meta["filename"]]
+    how = (f"Get it by setting `data.download: true` on a machine with internet, or by extracting "
+           f"{official.filename} ({official.url}) into {root}, or point the suite at the parent folder "
+           f"with SUITE_DATA_ROOT=<dir> or `--set data.root=<dir>`.")
+
+    if cfg.download:
+        try:
+            official(root, train=False, download=True)  # downloads + extracts (archive md5-checked) if needed
+        except Exception as err:  # network errors come in many types; the message keeps the cause
+            raise DatasetNotFound(f"{name}: download into {folder} failed ({err}). {how}") from err
+    if not os.path.isdir(folder):
+        raise DatasetNotFound(f"{name} not found: expected the folder {folder} (with {', '.join(files)}). {how}")
+    missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        raise DatasetNotFound(f"{name} incomplete: {folder} lacks {', '.join(missing)}. {how}")
+    if cfg.verify_integrity:
+        # torchvision's own md5 list and checker, run once here so the error can name the failing file.
+        expected = official.train_list + official.test_list + [[official.meta["filename"], official.meta["md5"]]]
+        bad = [f for f, md5 in expected if not check_integrity(os.path.join(folder, f), md5)]
+        if bad:
+            raise DatasetNotFound(
+                f"{name} integrity check failed: {', '.join(bad)} in {folder} do not match the md5 of the official "
+                f"archive. Re-download it (data.download: true), or, for deliberately re-packed data, set "
+                f"`data.verify_integrity: false` to accept it without the check.")
+
+    normalize = transforms.Normalize(CIFAR_MEAN, CIFAR_STD)
+    train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor(), normalize])
+    val_tf = transforms.Compose([transforms.ToTensor(), normalize])
+    # Verified above (or explicitly not wanted), so load without torchvision hashing every file again.
+    train = _load_without_md5(official, root, train=True, transform=train_tf)
+    val = _load_without_md5(official, root, train=False, transform=val_tf)
+    checked = "md5-verified" if cfg.verify_integrity else "integrity check SKIPPED (data.verify_integrity: false)"
+    description = (f"{cfg.dataset} (torchvision {name} from {folder}, {checked}; {len(train)} train / {len(val)} test; "
+                   f"RandomCrop 32 pad 4 + flip, CIFAR-100 normalisation)")
+    return train, val, (100 if cfg.dataset == "cifar100" else 10), description
+
+
+def _load_without_md5(official, root: str, **kwargs):
+    """torchvision's own CIFAR class, with its md5 entries blanked on the instance before ``__init__`` runs:
+    its checks become existence-only. (Not a local subclass: the dataset must stay picklable for workers.)"""
+    ds = official.__new__(official)
+    ds.train_list = [[f, None] for f, _ in official.train_list]
+    ds.test_list = [[f, None] for f, _ in official.test_list]
+    ds.meta = {**official.meta, "md5": None}
+    official.__init__(ds, root, **kwargs)
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------- digits
+
+
+class _InMemory(Dataset):
+    """Pre-processed images in one tensor; with ``pad`` > 0 the images are stored padded and each item is a
+    random crop of the original size (torch's global RNG, which the trainer and DataLoader workers seed)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, pad: int = 0):
+        self.images, self.labels, self.pad = images, labels, pad
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        img = self.images[i]
+        if self.pad:
+            size = img.shape[-1] - 2 * self.pad
+            y, x = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+            img = img[:, y:y + size, x:x + size]
+        return img, self.labels[i]
+
+
+def _digits(cfg: DataConfig):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    size = cfg.image_size
+    if size < 8:
+        raise ValueError(f"data.image_size must be >= 8 for digits (8x8 originals), got {size}")
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [N,1,8,8], 0..16 -> [0,1]
+    y = torch.tensor(digits.target, dtype=torch.int64)
+    if size != 8:  # once, up front: per-sample resizing would dominate a smoke run on two cores
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1)
+    x = x.expand(-1, 3, -1, -1)  # grey -> 3 channels so the CIFAR models run unchanged
+
+    train_idx, test_idx = train_test_split(torch.arange(len(y)).numpy(), test_size=DIGITS_TEST_FRACTION,
+                                           random_state=DIGITS_SPLIT_SEED, stratify=y.numpy())
+    train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
+    mean, std = x[train_idx].mean(), x[train_idx].std()  # the training split's own statistics
+    # No horizontal flip (it would change a digit's identity). Padding is black (0) before normalising,
+    # as torchvision's RandomCrop does on CIFAR.
+    pad = size // 8
+    train_x = (F.pad(x[train_idx], (pad,) * 4) - mean) / std
+    test_x = (x[test_idx] - mean) / std
+    train = _InMemory(train_x.contiguous(), y[train_idx], pad=pad)
+    val = _InMemory(test_x.contiguous(), y[test_idx])
+    resized = f"upsampled to {size}x{size}" if size > 8 else "at 8x8"
+    description = (f"digits (scikit-learn, real 8x8 handwritten digits {resized}; fixed stratified split "
+                   f"with seed {DIGITS_SPLIT_SEED} whatever the run seed, {len(train)} train / {len(val)} test; "
+                   f"random crop pad {pad}, no flip)")
+    return train, val, 10, description
