@@ -338,6 +338,8 @@ def write_report(
                 _stamp(fig, p, page, total)
                 pdf.savefig(fig)
                 heading, note = _section_heading(rows), _paper_note(rows)
+                if "setup" in rows:  # what the numbers were measured on: data, model, recipe of this profile
+                    note += ". Setup: " + "; ".join(sorted(rows["setup"].dropna().unique()))
                 for i, chunk in enumerate(chunks[m, p], start=1):
                     part = f" — table, part {i} of {len(chunks[m, p])}" if len(chunks[m, p]) > 1 else " — table"
                     fig = _table_page(chunk, heading, note, part)
@@ -358,3 +360,32 @@ _PAGE_OBJECT = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
 def count_pdf_pages(path: Path) -> int:
     """Pages of a PDF by counting its page objects; exact for matplotlib's output (no object streams)."""
     return len(_PAGE_OBJECT.findall(Path(path).read_bytes()))
+
+
+# ------------------------------------------------------------------------------------ per-run and entry point
+
+def training_curves_figure(history: pd.DataFrame, bits: list[int], title: str) -> Figure:
+    """Validation top-1 per bit-width and mean training loss over epochs, for one run's artifacts."""
+    fig = _new_figure((9.0, 4.0))
+    acc, loss = fig.subplots(1, 2)
+    for b in bits:
+        acc.plot(history["epoch"] + 1, history[f"val_top1_b{b}"], marker="o", label=f"{b}-bit")
+        loss.plot(history["epoch"] + 1, history[f"train_loss_b{b}"], marker="o", label=f"{b}-bit")
+    acc.set(xlabel="epoch", ylabel="val top-1 (%)")
+    loss.set(xlabel="epoch", ylabel="train loss")
+    acc.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def build_report(results_dir: Path, out_pdf: Path) -> int:
+    """Collect the finished runs from the tracking store and write the PDF (figures as PNGs beside it)."""
+    import torch
+
+    from suite.tracking import git_state, load_runs, tracking_uri
+
+    uri = tracking_uri(results_dir)
+    runs = load_runs(results_dir)
+    header = {"tracking URI": uri, **git_state(Path(__file__).parent), "torch": torch.__version__}
+    return write_report(runs, out_pdf, figures_dir=Path(out_pdf).parent / "figures", header=header, source=uri)

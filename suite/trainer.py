@@ -111,6 +111,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _reseed(loader: Iterable, value: int) -> None:
+    """Seed the global RNGs (augmentation, random draws) and the loader's shuffling generator."""
+    seed_everything(value)
+    if getattr(loader, "generator", None) is not None:
+        loader.generator.manual_seed(value)
+
+
 def _limited(loader: Iterable, steps: int | None) -> Iterator:
     for i, batch in enumerate(loader):
         if steps is not None and i >= steps:
@@ -216,15 +223,13 @@ def fit(
         best_mean, best_epoch, best_final = state["best_mean"], state["best_epoch"], state["best_final"]
         resumed_from = start_epoch
     elif trainable.initialize is not None:
-        seed_everything(seed)
+        _reseed(train_loader, seed * 100_003 - 1)
         trainable.initialize(model, _to(device, train_loader))
 
     metrics = best_final
     for epoch in range(start_epoch, recipe.epochs):
         # Re-seed per epoch so a resumed run sees the same batches, augmentation and sampling as an unbroken one.
-        seed_everything(seed * 100_003 + epoch)
-        if hasattr(train_loader, "generator") and train_loader.generator is not None:
-            train_loader.generator.manual_seed(seed * 100_003 + epoch)
+        _reseed(train_loader, seed * 100_003 + epoch)
         if trainable.on_epoch_start is not None:
             trainable.on_epoch_start(epoch, recipe.epochs)
         model.train()
@@ -255,13 +260,13 @@ def fit(
         if row["val_top1_mean"] > best_mean:  # strictly greater, starting from 0 (the release's rule)
             best_mean, best_epoch, best_final = row["val_top1_mean"], epoch, metrics
             _save_atomically({"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, best_file)
-        if log is not None:
-            log({**row, "best_val_top1_mean": best_mean}, epoch)
         _save_atomically({
             "model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
             "schedulers": [s.state_dict() for s in schedulers], "epoch": epoch, "history": history,
             "best_mean": best_mean, "best_epoch": best_epoch, "best_final": best_final,
         }, last_file)
+        if log is not None:  # after the checkpoint: a logged epoch is never trained twice
+            log({**row, "best_val_top1_mean": best_mean}, epoch)
 
     # A run that never beat 0 % has no best epoch: report its last evaluation instead of nothing.
     result = TrainResult(best_epoch, best_mean, best_final or metrics, history, resumed_from)

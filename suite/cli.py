@@ -1,0 +1,109 @@
+"""Command line: ``python -m suite {run,list,report,quickstart}`` (also installed as ``suite``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+EXPERIMENTS = Path("experiments")
+RESULTS = Path("results")
+REPORT = Path("reports/report.pdf")
+
+
+def _manifests(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.yaml"))
+
+
+def cmd_run(args) -> int:
+    from suite.manifest import load_manifest, parse_set_options
+    from suite.runner import run_manifest
+
+    loaded = load_manifest(args.manifest, args.profile, parse_set_options(args.set))
+    run_manifest(loaded, args.results, progress=not args.no_progress)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from suite.manifest import read_manifest_file
+
+    for path in _manifests(args.experiments):
+        doc = read_manifest_file(path)
+        paper = doc.get("paper", {})
+        arms = [a.get("name") for a in doc.get("arms", [])] or [doc.get("method", {}).get("name")]
+        verified = "verified" if paper.get("verified") else "mapping not yet checked against the paper"
+        print(f"{path}  [{paper.get('ref', '?')}, {verified}]\n    {doc.get('title', '')}\n"
+              f"    method {doc.get('method', {}).get('name')} bits {doc.get('method', {}).get('bits')}; "
+              f"arms: {', '.join(map(str, arms))}; seeds {doc.get('seeds')}; "
+              f"profiles: {', '.join(doc.get('profiles', {}))}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from suite.report import build_report
+
+    pages = build_report(args.results, args.out)
+    print(f"wrote {args.out} ({pages} pages)")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from suite.manifest import load_manifest
+    from suite.report import build_report
+    from suite.runner import run_manifest
+
+    started = time.perf_counter()
+    # Validate every manifest before running any, so a typo fails in seconds, not after an hour of training.
+    loaded = [load_manifest(p, args.profile) for p in _manifests(args.experiments)]
+    for manifest in loaded:
+        run_manifest(manifest, args.results, progress=not args.no_progress)
+    pages = build_report(args.results, args.out)
+    print(f"quickstart: {len(loaded)} manifest(s) at profile {args.profile!r} in "
+          f"{time.perf_counter() - started:.0f} s; report {args.out} ({pages} pages); "
+          f"browse the runs with: mlflow ui --backend-store-uri sqlite:///{args.results / 'mlflow.db'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="suite", description="MBQuant reproducibility suite")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a manifest (every arm and seed) through the shared trainer")
+    run.add_argument("manifest", type=Path)
+    run.add_argument("--profile", default="paper", help="named profile of the manifest (default: paper)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a manifest field, e.g. --set recipe.epochs=3 (repeatable)")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="list the shipped experiment manifests")
+    lst.add_argument("--experiments", type=Path, default=EXPERIMENTS)
+    lst.set_defaults(func=cmd_list)
+
+    rep = sub.add_parser("report", help="collect the tracked runs into the PDF report")
+    rep.set_defaults(func=cmd_report)
+
+    quick = sub.add_parser("quickstart", help="every manifest at the smoke profile on embedded data, then the report")
+    quick.add_argument("--experiments", type=Path, default=EXPERIMENTS)
+    quick.add_argument("--profile", default="smoke")
+    quick.set_defaults(func=cmd_quickstart)
+
+    for p in (run, quick):
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for p in (run, rep, quick):
+        p.add_argument("--results", type=Path, default=RESULTS, help="run store and MLflow database (default: results)")
+    for p in (rep, quick):
+        p.add_argument("--out", type=Path, default=REPORT, help=f"PDF path (default: {REPORT})")
+
+    args = parser.parse_args(argv)
+    from suite.manifest import ManifestError
+    from suite.data import DatasetNotFound
+
+    try:
+        return args.func(args)
+    except (ManifestError, DatasetNotFound) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Declarative experiment manifests (``experiments/*.yaml``): schema, profiles, overrides, arms.
+
+A manifest is validated in full before anything runs: the base document, every profile, every arm, and the
+command line's ``--set`` overrides. An unknown or ill-typed key is an error that names the file and the field.
+Resolution order: base document <- profile <- ``--set`` <- arm.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+
+from suite.data import DataConfig
+from suite.methods import METHODS
+from suite.trainer import Recipe
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be run; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PaperReference(_Strict):
+    ref: str = Field(description='the paper table or figure this reproduces, e.g. "Table 3" or "Fig. 3"')
+    verified: bool = Field(False, description="whether this mapping was checked against the paper")
+    note: str = ""
+
+
+class ModelSpec(_Strict):
+    arch: str
+
+
+class MethodSpec(_Strict):
+    name: str
+    bits: list[int] = Field(min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _method_options(self):
+        if self.name not in METHODS:
+            raise ValueError(f"unknown method {self.name!r}; known: {', '.join(sorted(METHODS))}")
+        method = METHODS[self.name]
+        try:
+            options = TypeAdapter(method.Options).validate_python(self.options)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"options.{where}: {first['msg']}") from None
+        method.check_bits(self.bits, options)
+        self.options = asdict(options)  # normalised: every option explicit, so the run's params say everything
+        return self
+
+
+class Arm(_Strict):
+    name: str
+    set: dict[str, Any] = Field(default_factory=dict, description="dotted overrides, e.g. method.options.selection")
+
+
+class Manifest(_Strict):
+    name: str
+    version: int = Field(ge=1, description="bump when the experiment's meaning changes")
+    title: str
+    paper: PaperReference
+    data: DataConfig
+    model: ModelSpec
+    method: MethodSpec
+    recipe: Recipe
+    seeds: list[int] = Field(min_length=1)
+    arms: list[Arm] = Field(default_factory=list)
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    tolerance: float | None = Field(None, description="top-1 points within which a reproduction agrees with the paper")
+
+    @field_validator("arms")
+    @classmethod
+    def _unique_arm_names(cls, arms):
+        names = [a.name for a in arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must be unique, got {names}")
+        return arms
+
+
+def set_dotted(doc: dict, dotted: str, value: Any) -> None:
+    """``set_dotted(d, "recipe.epochs", 3)``; intermediate mappings are created, typos caught by validation."""
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = doc.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ManifestError(f"cannot set {dotted!r}: {key!r} is not a mapping")
+        doc = node
+    doc[leaf] = value
+
+
+def apply_overrides(doc: dict, overrides: dict[str, Any]) -> dict:
+    doc = copy.deepcopy(doc)
+    for dotted, value in overrides.items():
+        set_dotted(doc, dotted, value)
+    return doc
+
+
+def parse_set_options(pairs: list[str]) -> dict[str, Any]:
+    """``["recipe.epochs=3", "method.bits=[2,4]"]`` -> dict; values are parsed as YAML scalars / lists."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ManifestError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def _validate(doc: dict, path: Path, source: str) -> Manifest:
+    try:
+        return Manifest.model_validate(doc)
+    except ValidationError as err:
+        lines = [f"{path}: invalid manifest ({source})"]
+        for e in err.errors():
+            field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            lines.append(f"  field `{field}`: {e['msg']}")
+        raise ManifestError("\n".join(lines)) from None
+    except ManifestError:
+        raise
+    except ValueError as err:  # raised outside pydantic's field machinery
+        raise ManifestError(f"{path}: invalid manifest ({source}): {err}") from None
+
+
+def config_hash(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class ResolvedArm(BaseModel):
+    """One arm of a resolved manifest: the complete configuration its runs use."""
+
+    name: str
+    config: Manifest  # the manifest with the profile, --set and this arm's overrides applied
+
+    @property
+    def run_spec(self) -> dict:
+        """What determines a run's result (besides its seed): hashed into its identity."""
+        c = self.config
+        return {"name": c.name, "version": c.version, "data": asdict(c.data), "model": c.model.model_dump(),
+                "method": c.method.model_dump(), "recipe": asdict(c.recipe)}
+
+    def run_key(self, seed: int) -> str:
+        return f"{self.config.name}/{self.name}/seed{seed}/{config_hash({**self.run_spec, 'seed': seed})}"
+
+
+class LoadedManifest(BaseModel):
+    path: Path
+    profile: str
+    manifest: Manifest  # profile and --set applied, arms not yet
+    arms: list[ResolvedArm]
+
+    @property
+    def hash(self) -> str:
+        return config_hash([a.run_spec for a in self.arms] + [self.manifest.seeds])
+
+    def resolved_yaml(self) -> str:
+        return yaml.safe_dump(self.manifest.model_dump(mode="json"), sort_keys=False)
+
+
+def read_manifest_file(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest file not found")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ManifestError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{path}: a manifest must be a YAML mapping")
+    doc.setdefault("name", path.stem)
+    return doc
+
+
+def load_manifest(path: str | Path, profile: str = "paper", overrides: dict[str, Any] | None = None) -> LoadedManifest:
+    """Read, resolve and validate a manifest; raises ManifestError before anything is run or written."""
+    path = Path(path)
+    doc = read_manifest_file(path)
+    base = _validate(doc, path, "base document")
+    for name, profile_overrides in base.profiles.items():  # every profile must be valid, not only this one
+        _validate(apply_overrides(doc, profile_overrides), path, f"profile `{name}`")
+    if profile not in base.profiles:
+        known = ", ".join(base.profiles) or "none"
+        raise ManifestError(f"{path}: field `profiles`: no profile named {profile!r} (defined: {known})")
+    resolved_doc = apply_overrides(apply_overrides(doc, base.profiles[profile]), overrides or {})
+    manifest = _validate(resolved_doc, path, f"profile `{profile}` + --set" if overrides else f"profile `{profile}`")
+    arms = manifest.arms or [Arm(name=manifest.method.name)]
+    resolved = []
+    for i, arm in enumerate(arms):
+        arm_doc = apply_overrides(resolved_doc, arm.set)
+        resolved.append(ResolvedArm(name=arm.name, config=_validate(arm_doc, path, f"arms[{i}] `{arm.name}`")))
+    return LoadedManifest(path=path, profile=profile, manifest=manifest, arms=resolved)
+
+
+def flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"recipe.epochs": 200, ...}, the form MLflow params take."""
+    if isinstance(doc, dict):
+        out = {}
+        for k, v in doc.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): doc}

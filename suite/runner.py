@@ -1,0 +1,126 @@
+"""Runs a resolved manifest: every (arm, seed) through the shared trainer, each tracked as an MLflow run."""
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+import yaml
+
+from suite.data import build_data
+from suite.manifest import LoadedManifest, ResolvedArm, config_hash, flatten
+from suite.methods import METHODS
+from suite.report import scale_label, training_curves_figure
+from suite.tracking import Tracker, git_state
+from suite.trainer import fit, resolve_device, seed_everything
+
+
+def _common_tags(loaded: LoadedManifest) -> dict[str, str]:
+    m = loaded.manifest
+    return {
+        **git_state(Path(__file__).parent),
+        "torch.version": torch.__version__, "python.version": platform.python_version(),
+        "suite.device": str(resolve_device(m.recipe.device)), "suite.profile": loaded.profile,
+        "suite.scale": scale_label(loaded.profile) or "paper-protocol", "suite.manifest": m.name,
+        "suite.manifest_version": str(m.version), "suite.manifest_file": str(loaded.path),
+        "suite.manifest_hash": loaded.hash, "suite.title": m.title, "suite.paper_ref": m.paper.ref,
+        "suite.paper_verified": str(m.paper.verified).lower(),
+    }
+
+
+def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = True,
+                 echo: Callable[[str], None] = print) -> pd.DataFrame:
+    """Train every (arm, seed) not already finished; returns one row per (arm, seed, bit-width)."""
+    results_dir = Path(results_dir)
+    # Pre-flight: a missing dataset fails here, before any run is opened or anything is written.
+    for data_cfg in {yaml.safe_dump(asdict(a.config.data)): a.config.data for a in loaded.arms}.values():
+        build_data(data_cfg, loaded.manifest.recipe.batch_size, seed=0)
+    tracker = Tracker(results_dir)
+    m = loaded.manifest
+    experiment = tracker.experiment_id(m.name)
+    tags = _common_tags(loaded)
+    parent = tracker.start_parent(experiment, f"{m.name} [{loaded.profile}]", tags,
+                                  flatten(m.model_dump(mode="json", exclude={"profiles", "arms"})))
+    echo(f"{m.name} ({m.paper.ref}, profile {loaded.profile}): {len(loaded.arms)} arm(s) x {len(m.seeds)} seed(s); "
+         f"MLflow {tracker.uri}")
+    rows, status = [], "FAILED"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            resolved = Path(tmp) / f"{m.name}.{loaded.profile}.resolved.yaml"
+            resolved.write_text(loaded.resolved_yaml())
+            tracker.log_artifact(parent, resolved)
+        for arm in loaded.arms:
+            for seed in m.seeds:
+                rows += _run_one(tracker, experiment, parent, loaded, arm, seed, tags, results_dir, progress, echo)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.finish(parent, status)
+    return pd.DataFrame(rows)
+
+
+def _run_one(tracker: Tracker, experiment: str, parent: str, loaded: LoadedManifest, arm: ResolvedArm, seed: int,
+             tags: dict, results_dir: Path, progress: bool, echo) -> list[dict]:
+    cfg, key = arm.config, arm.run_key(seed)
+    previous = tracker.find(experiment, key)
+    if previous is not None and previous.info.status == "FINISHED":
+        echo(f"  {arm.name} seed {seed}: finished earlier (run {previous.info.run_id}), not run again")
+        tracker.set_tags(parent, {f"suite.reused.{arm.name}.seed{seed}": previous.info.run_id})
+        return _final_rows(arm, seed, previous.data.metrics)
+
+    run_tags = {**tags, "suite.arm": arm.name, "suite.seed": str(seed), "suite.method": cfg.method.name,
+                "suite.bits": ",".join(map(str, cfg.method.bits)), "suite.dataset": cfg.data.dataset,
+                "suite.model": cfg.model.arch}
+    run_id, reopened = tracker.start_child(experiment, parent, f"{arm.name} seed {seed}", key, run_tags,
+                                           {**flatten(arm.run_spec), "seed": seed})
+    run_dir = results_dir / "runs" / cfg.name / arm.name / f"seed{seed}-{config_hash(arm.run_spec)}"
+    echo(f"  {arm.name} seed {seed}: {'resuming' if reopened else 'training'} (run {run_id})")
+    try:
+        seed_everything(seed)
+        data = build_data(cfg.data, cfg.recipe.batch_size, seed, cfg.recipe.eval_batch_size)
+        method = METHODS[cfg.method.name]
+        trainable = method.build(cfg.model.arch, data.num_classes, cfg.method.bits, method.Options(**cfg.method.options))
+        r = cfg.recipe
+        steps = f"{r.steps_per_epoch} steps" if r.steps_per_epoch else "full epochs"
+        tracker.set_tags(run_id, {"suite.setup": f"{data.description}; model {cfg.model.arch}; {r.epochs} epochs x "
+                                                 f"{steps}, batch {r.batch_size}, lr {r.lr}, lr_quant {r.lr_quant}"})
+        result = fit(trainable, data.train, data.val, cfg.recipe, seed=seed, run_dir=run_dir, progress=progress,
+                     log=lambda metrics, step: tracker.log_metrics(run_id, metrics, step))
+        final = {}
+        for b, (top1, top5) in result.final.items():
+            final[f"final_top1_b{b}"], final[f"final_top5_b{b}"] = top1, top5
+        final["final_top1_mean"] = sum(v[0] for v in result.final.values()) / len(result.final)
+        final["best_epoch"] = result.best_epoch
+        tracker.log_metrics(run_id, final, max(result.best_epoch, 0))
+        _log_run_artifacts(tracker, run_id, arm, seed, result)
+        tracker.finish(run_id)
+    except BaseException as err:
+        tracker.finish(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    echo("    " + "  ".join(f"{b}-bit {t1:.2f}%" for b, (t1, _) in sorted(result.final.items())))
+    return _final_rows(arm, seed, final)
+
+
+def _final_rows(arm: ResolvedArm, seed: int, metrics: dict) -> list[dict]:
+    return [{"arm": arm.name, "seed": seed, "bits": b, "top1": metrics.get(f"final_top1_b{b}"),
+             "top5": metrics.get(f"final_top5_b{b}")} for b in arm.config.method.bits]
+
+
+def _log_run_artifacts(tracker: Tracker, run_id: str, arm: ResolvedArm, seed: int, result) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "resolved_manifest.yaml").write_text(yaml.safe_dump(arm.config.model_dump(mode="json"), sort_keys=False))
+        pd.DataFrame([{"bits": b, "top1": t1, "top5": t5} for b, (t1, t5) in sorted(result.final.items())]).to_csv(
+            tmp / "final_metrics.csv", index=False)
+        pd.DataFrame(result.history).to_csv(tmp / "history.csv", index=False)
+        fig = training_curves_figure(pd.DataFrame(result.history), arm.config.method.bits,
+                                     title=f"{arm.config.name} / {arm.name} / seed {seed}")
+        fig.savefig(tmp / "training_curves.png", dpi=120)
+        for path in sorted(tmp.iterdir()):
+            tracker.log_artifact(run_id, path)

@@ -1,0 +1,150 @@
+"""MLflow tracking: one parent run per manifest invocation, one nested run per (arm, seed).
+
+The store is SQLite under ``results/`` unless ``MLFLOW_TRACKING_URI`` points elsewhere (a team server, say).
+Runs are identified by a ``suite.run_key`` tag (manifest, arm, seed and a hash of the complete
+configuration), which is how a finished run is found and skipped, and a killed one reopened and resumed.
+mlflow is imported lazily so the model/trainer core runs where it is not installed.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TAG_KIND, TAG_KEY = "suite.kind", "suite.run_key"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def tracking_uri(results_dir: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(results_dir) / 'mlflow.db').resolve()}"
+
+
+def git_state(cwd: Path | None = None) -> dict[str, str]:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+    if commit.returncode != 0:
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+    return {"git.commit": commit.stdout.strip(), "git.dirty": str(bool(dirty.stdout.strip())).lower()}
+
+
+class Tracker:
+    def __init__(self, results_dir: Path):
+        import mlflow  # noqa: F401  (fail here, clearly, if the tracking extra is missing)
+        from mlflow.tracking import MlflowClient
+
+        self.results_dir = Path(results_dir)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.uri = tracking_uri(self.results_dir)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):  # keep artifacts beside the store, not in the working directory
+            location = (self.results_dir / "mlflow-artifacts" / name).resolve().as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def start_parent(self, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+        run = self.client.create_run(experiment_id, run_name=name, tags={**tags, TAG_KIND: "invocation"})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def find(self, experiment_id: str, run_key: str):
+        """The newest run with this key, or None."""
+        runs = self.client.search_runs(
+            [experiment_id], filter_string=f"tags.`{TAG_KEY}` = '{run_key}'", order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def start_child(self, experiment_id: str, parent_id: str, name: str, run_key: str, tags: dict[str, str],
+                    params: dict[str, Any]) -> tuple[str, bool]:
+        """Open the run for ``run_key``: the unfinished one from an earlier, killed invocation if any.
+
+        Returns (run_id, reopened).
+        """
+        previous = self.find(experiment_id, run_key)
+        if previous is not None and previous.info.status != "FINISHED":
+            self.client.update_run(previous.info.run_id, status="RUNNING")
+            self.client.set_tag(previous.info.run_id, "suite.resumed_by", parent_id)
+            return previous.info.run_id, True
+        run = self.client.create_run(experiment_id, run_name=name, tags={
+            **tags, TAG_KIND: "arm-run", TAG_KEY: run_key, PARENT_TAG: parent_id,
+        })
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id, False
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's batch limit for params
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_artifact(self, run_id: str, path: Path, subdir: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), subdir)
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+
+RUN_COLUMNS = ["manifest", "manifest_version", "title", "paper_ref", "paper_verified", "profile", "arm", "method",
+               "seed", "bits", "top1", "top5", "dataset", "model", "run_id", "manifest_hash", "setup"]
+
+
+def load_runs(results_dir: Path) -> pd.DataFrame:
+    """Finished (arm, seed) runs as one row per evaluated bit-width (the report's input).
+
+    Per (manifest, profile, arm, seed) only the newest run is kept, so changing a manifest and re-running
+    does not mix old and new numbers.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(results_dir))
+    experiments = client.search_experiments()
+    runs = client.search_runs(
+        [e.experiment_id for e in experiments], filter_string=f"tags.`{TAG_KIND}` = 'arm-run' and "
+        "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=50_000,
+    ) if experiments else []
+    rows = []
+    for run in runs:
+        t, m = run.data.tags, run.data.metrics
+        for b in [int(x) for x in t["suite.bits"].split(",")]:
+            rows.append({
+                "manifest": t["suite.manifest"], "manifest_version": int(t["suite.manifest_version"]),
+                "title": t["suite.title"], "paper_ref": t["suite.paper_ref"],
+                "paper_verified": t["suite.paper_verified"] == "true", "profile": t["suite.profile"],
+                "arm": t["suite.arm"], "method": t["suite.method"], "seed": int(t["suite.seed"]), "bits": b,
+                "top1": m.get(f"final_top1_b{b}"), "top5": m.get(f"final_top5_b{b}"),
+                "dataset": t["suite.dataset"], "model": t["suite.model"], "run_id": run.info.run_id,
+                "manifest_hash": t["suite.manifest_hash"], "setup": t.get("suite.setup"),
+                "_start": run.info.start_time,
+            })
+    df = pd.DataFrame(rows, columns=RUN_COLUMNS + ["_start"])
+    if df.empty:
+        return df.drop(columns="_start")
+    newest = df.groupby(["manifest", "profile", "arm", "seed"])["_start"].transform("max")
+    df = df[df["_start"] == newest].drop(columns="_start")
+    return df.sort_values(["manifest", "profile", "arm", "seed", "bits"]).reset_index(drop=True)

@@ -1,0 +1,87 @@
+"""End to end through the real entry point: manifest -> trainer -> MLflow runs -> PDF report."""
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from suite.cli import main
+from suite.report import count_pdf_pages
+from suite.tracking import tracking_uri
+
+MANIFEST = str(Path(__file__).resolve().parents[1] / "experiments" / "cifar100_resnet20_2468.yaml")
+FAST = ["--set", "recipe.epochs=2", "--set", "recipe.steps_per_epoch=2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(results_dir):
+    assert main(["run", MANIFEST, "--profile", "smoke", "--results", str(results_dir), *FAST]) == 0
+    return results_dir
+
+
+def arm_runs(results_dir):
+    client = MlflowClient(tracking_uri(results_dir))
+    exp = client.get_experiment_by_name("cifar100_resnet20_2468")
+    return client, client.search_runs([exp.experiment_id], "tags.`suite.kind` = 'arm-run'")
+
+
+@pytest.mark.e2e
+def test_smoke_run_is_tracked_in_mlflow(smoke_run):
+    client, runs = arm_runs(smoke_run)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    tags, params = run.data.tags, run.data.params
+    assert tags["suite.profile"] == "smoke" and tags["suite.scale"] == "smoke-scale"
+    assert {"git.commit", "git.dirty", "torch.version", "suite.device", "suite.manifest_hash"} <= set(tags)
+    assert params["recipe.epochs"] == "2" and params["method.options.selection"] == "amortization"
+    history = client.get_metric_history(run.info.run_id, "val_top1_b4")
+    assert [m.step for m in history] == [0, 1]
+    for b in (2, 4, 6, 8):
+        assert 0 <= run.data.metrics[f"final_top1_b{b}"] <= 100
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"resolved_manifest.yaml", "final_metrics.csv", "training_curves.png", "history.csv"} <= artifacts
+    parent = client.get_run(tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["suite.kind"] == "invocation"
+
+
+@pytest.mark.e2e
+def test_report_is_written(smoke_run, tmp_path, capsys):
+    out = tmp_path / "report.pdf"
+    assert main(["report", "--results", str(smoke_run), "--out", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+    assert count_pdf_pages(out) == 3  # title, figure, table
+    assert (tmp_path / "figures" / "cifar100_resnet20_2468__smoke.png").exists()
+    assert "3 pages" in capsys.readouterr().out
+
+
+@pytest.mark.e2e
+def test_finished_run_is_not_run_twice(smoke_run, capsys):
+    assert main(["run", MANIFEST, "--profile", "smoke", "--results", str(smoke_run), *FAST]) == 0
+    assert "not run again" in capsys.readouterr().out
+    _, runs = arm_runs(smoke_run)
+    assert len(runs) == 1
+
+
+def test_missing_dataset_fails_clearly_and_writes_nothing(tmp_path, capsys):
+    results = tmp_path / "results"
+    code = main(["run", MANIFEST, "--results", str(results), "--set", f"data.root={tmp_path / 'nowhere'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nowhere" / "cifar-100-python") in err and "download" in err
+    assert not results.exists()
+
+
+def test_malformed_manifest_fails_clearly_and_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path(MANIFEST).read_text().replace("epochs: 200", "epochs: two hundred"))
+    results = tmp_path / "results"
+    assert main(["run", str(bad), "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "recipe.epochs" in err
+    assert not results.exists()
+
+
+def test_list_shows_the_shipped_manifests(capsys):
+    assert main(["list", "--experiments", str(Path(MANIFEST).parent)]) == 0
+    out = capsys.readouterr().out
+    assert "cifar100_resnet20_2468" in out and "Fig. 3" in out and "not yet checked" in out

@@ -1,0 +1,91 @@
+"""The shared trainer: loss policies, a falling loss, resume after a kill, no second run of a finished one."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from suite.data import DataConfig, build_data
+from suite.methods import mbquant
+from suite.trainer import LOSS_POLICIES, Recipe, fit, seed_everything, soft_cross_entropy
+
+TINY = Recipe(epochs=4, batch_size=32, lr=0.1, steps_per_epoch=6, eval_batch_size=256)
+
+
+def tiny_data(seed=0):
+    return build_data(DataConfig(dataset="digits", image_size=8, train_limit=192, val_limit=96), 32, seed)
+
+
+def tiny_trainable(distillation="inplace", seed=0):
+    seed_everything(seed)
+    return mbquant.build("resnet8", 10, [2, 4, 6, 8], mbquant.Options(distillation=distillation))
+
+
+def test_loss_policies_follow_the_spec():
+    torch.manual_seed(0)
+    y = torch.randint(0, 5, (6,))
+    z8, z6, z4 = torch.randn(6, 5), torch.randn(6, 5), torch.randn(6, 5)
+    ce = F.cross_entropy
+    # In-place distillation: the largest bit-width (run first) on labels; every other one half soft-CE
+    # against the largest's softmax, half CE.
+    assert torch.equal(LOSS_POLICIES["inplace"](z8, y, []), ce(z8, y))
+    expected = 0.5 * (-(F.softmax(z8, 1) * F.log_softmax(z4, 1)).sum(1).mean() + ce(z4, y))
+    assert torch.allclose(LOSS_POLICIES["inplace"](z4, y, [z8, z6]), expected)
+    # Off: plain CE for everyone. Recursive: the next higher bit-width teaches.
+    assert torch.equal(LOSS_POLICIES["none"](z4, y, [z8, z6]), ce(z4, y))
+    assert torch.allclose(LOSS_POLICIES["recursive"](z4, y, [z8, z6]), soft_cross_entropy(z4, z6))
+
+
+def test_joint_step_runs_bit_widths_descending_with_the_largest_as_teacher(tmp_path):
+    trainable = tiny_trainable()
+    seen, policy = [], LOSS_POLICIES["inplace"]
+
+    def spy(logits, targets, earlier):
+        seen.append((trainable.model.layer1[0].conv1.active_bits, len(earlier)))
+        return policy(logits, targets, earlier)
+
+    LOSS_POLICIES["spy"] = spy
+    try:
+        trainable.loss_policy = "spy"
+        data = tiny_data()
+        fit(trainable, data.train, data.val, Recipe(epochs=1, batch_size=32, steps_per_epoch=1), seed=0,
+            run_dir=tmp_path, progress=False)
+    finally:
+        del LOSS_POLICIES["spy"]
+    assert seen == [(8, 0), (6, 1), (4, 2), (2, 3)]
+
+
+@pytest.mark.parametrize("distillation", ["inplace", "none"])
+def test_a_few_steps_lower_the_loss(tmp_path, distillation):
+    data = tiny_data()
+    result = fit(tiny_trainable(distillation), data.train, data.val, TINY, seed=0, run_dir=tmp_path, progress=False)
+    first, last = result.history[0]["train_loss_mean"], result.history[-1]["train_loss_mean"]
+    assert last < 0.8 * first
+    assert set(result.final) == {2, 4, 6, 8}
+
+
+def test_killed_run_resumes_to_the_same_result_and_finished_run_is_not_rerun(tmp_path):
+    data = tiny_data()
+    straight = fit(tiny_trainable(), data.train, data.val, TINY, seed=0, run_dir=tmp_path / "a", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(metrics, epoch):
+        if epoch == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(tiny_trainable(), data.train, data.val, TINY, seed=0, run_dir=tmp_path / "b", progress=False,
+            log=kill_after_first_epoch)
+    assert (tmp_path / "b" / "last.pt").exists() and not (tmp_path / "b" / "result.json").exists()
+    resumed = fit(tiny_trainable(), data.train, data.val, TINY, seed=0, run_dir=tmp_path / "b", progress=False)
+    assert resumed.resumed_from == 1
+    assert [h["train_loss_mean"] for h in resumed.history] == [h["train_loss_mean"] for h in straight.history]
+    assert resumed.final == straight.final
+
+    logged = []
+    again = fit(tiny_trainable(), data.train, data.val, TINY, seed=0, run_dir=tmp_path / "b", progress=False,
+                log=lambda m, e: logged.append(e))
+    assert again.already_finished and not logged and again.final == straight.final
+    assert json.loads((tmp_path / "b" / "result.json").read_text())["best_epoch"] == straight.best_epoch
