@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", type=Path, default=REPORT, help=f"PDF path (default: {REPORT})")
 
     args = parser.parse_args(argv)
+    getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)  # progress lines appear as they happen, also under tox / CI
     from suite.manifest import ManifestError
     from suite.data import DatasetNotFound
 

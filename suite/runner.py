@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import re
 from dataclasses import asdict
 import tempfile
 from pathlib import Path
@@ -79,7 +80,8 @@ def _run_one(tracker: Tracker, experiment: str, parent: str, loaded: LoadedManif
                 "suite.model": cfg.model.arch}
     run_id, reopened = tracker.start_child(experiment, parent, f"{arm.name} seed {seed}", key, run_tags,
                                            {**flatten(arm.run_spec), "seed": seed})
-    run_dir = results_dir / "runs" / cfg.name / arm.name / f"seed{seed}-{config_hash(arm.run_spec)}"
+    arm_dir = re.sub(r"[^A-Za-z0-9._-]+", "_", arm.name).strip("_")
+    run_dir = results_dir / "runs" / cfg.name / arm_dir / f"seed{seed}-{config_hash(arm.run_spec)}"
     echo(f"  {arm.name} seed {seed}: {'resuming' if reopened else 'training'} (run {run_id})")
     try:
         seed_everything(seed)

@@ -202,3 +202,16 @@ def test_bitops_equal_one_b_bit_network(bits, strategy):
             assert cost.quantized_bitops == b * b * base_macs
         else:  # the partial branch: between the (b-1)- and (b+1)-bit networks
             assert (b - 1) ** 2 * base_macs < cost.quantized_bitops < (b + 1) ** 2 * base_macs
+
+
+def test_dense_per_branch_convs_compute_the_grouped_result():
+    grouped = calibrated([2, 4, 6, 8])
+    dense = create_model("mbquant_resnet20", num_classes=10, bits=[2, 4, 6, 8], conv_impl="dense")
+    dense.load_state_dict(grouped.state_dict())
+    x = torch.randn(4, 3, 16, 16)
+    for m in (grouped, dense):
+        m.eval()
+    for b in (2, 4, 6, 8):
+        grouped.set_bits(b)
+        dense.set_bits(b)
+        assert torch.allclose(grouped(x), dense(x), atol=1e-4)

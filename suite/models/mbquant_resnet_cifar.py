@@ -60,13 +60,13 @@ class BasicBlock(nn.Module):
 
 class MBQuantResNetCIFAR(BitSwitchable):
     def __init__(self, depth: int = 20, num_classes: int = 100, *, bits=(2, 4, 6, 8), branches: int = 4,
-                 strategy: str = "amortization", release_quirks: bool = True, widths=(16, 32, 64),
-                 partial_widths=CIFAR_PARTIAL_WIDTHS):
+                 strategy: str = "amortization", release_quirks: bool = True, conv_impl: str = "grouped",
+                 widths=(16, 32, 64), partial_widths=CIFAR_PARTIAL_WIDTHS):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         self.bits = list(bits)
-        conv_kw = dict(branches=branches, strategy=strategy, release_quirks=release_quirks)
+        conv_kw = dict(branches=branches, strategy=strategy, release_quirks=release_quirks, conv_impl=conv_impl)
         bn_kw = dict(branches=branches, release_quirks=release_quirks)
         # Full-precision stem, one 16-channel slice per stored branch.
         self.conv1 = nn.Conv2d(3, widths[0] * branches, 3, 1, 1, bias=False)
