@@ -268,6 +268,17 @@ def calibrate(model: nn.Module, bits: list[int], batches: Iterable) -> None:
                 conv.calibrating = False
 
 
+def storage_bits(model: nn.Module) -> dict[str, int]:
+    """Stored bits by component: all G branches at 2 bits per weight, FP32 for everything else.
+
+    As released, every stored BN entry (all 7 bit-widths, the last conv's unused eighth) and every bound
+    counts: they are in the checkpoint that serves the model.
+    """
+    from suite.methods.storage import stored_bits
+
+    return stored_bits(model, lambda conv: 2)
+
+
 def build(arch: str, num_classes: int, bits: list[int], options: Options):
     """The trainer's view of MBQuant: model, bit list, quantizer parameters, loss policy, initialisation."""
     from suite.models import create_model
