@@ -42,7 +42,7 @@ def cmd_list(args) -> int:
 def cmd_report(args) -> int:
     from suite.report import build_report
 
-    pages = build_report(args.results, args.out)
+    pages = build_report(args.results, args.out, args.references)
     print(f"wrote {args.out} ({pages} pages)")
     return 0
 
@@ -57,7 +57,7 @@ def cmd_quickstart(args) -> int:
     loaded = [load_manifest(p, args.profile) for p in _manifests(args.experiments)]
     for manifest in loaded:
         run_manifest(manifest, args.results, progress=not args.no_progress)
-    pages = build_report(args.results, args.out)
+    pages = build_report(args.results, args.out, args.references)
     print(f"quickstart: {len(loaded)} manifest(s) at profile {args.profile!r} in "
           f"{time.perf_counter() - started:.0f} s; report {args.out} ({pages} pages); "
           f"browse the runs with: mlflow ui --backend-store-uri sqlite:///{args.results / 'mlflow.db'}")
@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--results", type=Path, default=RESULTS, help="run store and MLflow database (default: results)")
     for p in (rep, quick):
         p.add_argument("--out", type=Path, default=REPORT, help=f"PDF path (default: {REPORT})")
+        p.add_argument("--references", type=Path, default=None,
+                       help="reference-number registry (default: results/paper/reference_numbers.csv)")
 
     args = parser.parse_args(argv)
     getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)  # progress lines appear as they happen, also under tox / CI

@@ -105,6 +105,14 @@ def summary_table(runs: pd.DataFrame, reference: pd.DataFrame | None = None) -> 
         table["paper_source"] = table["paper_source"].where(table["paper_top1"].notna(), NOT_TRANSCRIBED)
     is_paper = table["profile"] == PAPER_PROFILE
     table["diff_top1"] = (table["top1_mean"] - table["paper_top1"]).where(is_paper)
+    # Verdict against the manifest's tolerance (top-1 points), only where a paper-protocol run meets a paper value.
+    tolerance = runs.groupby(["manifest", "profile"])["tolerance"].first() if "tolerance" in runs else None
+    table["verdict"] = [
+        DASH if pd.isna(r.diff_top1) else
+        "no tolerance" if tolerance is None or pd.isna(tolerance[r.manifest, r.profile]) else
+        "agrees" if abs(r.diff_top1) <= tolerance[r.manifest, r.profile] else "differs"
+        for r in table.itertuples()
+    ]
     return table
 
 
@@ -130,6 +138,7 @@ def format_summary(table: pd.DataFrame) -> pd.DataFrame:
         "top-5 mean (%)": table["top5_mean"].map(_fmt),
         "paper top-1 (%)": [NOT_TRANSCRIBED if pd.isna(v) else _fmt(v) for v in table["paper_top1"]],
         "ours − paper": [diff(r) for r in table.itertuples()],
+        "verdict": table["verdict"].astype(str),
     }).reset_index(drop=True)
 
 
@@ -379,13 +388,17 @@ def training_curves_figure(history: pd.DataFrame, bits: list[int], title: str) -
     return fig
 
 
-def build_report(results_dir: Path, out_pdf: Path) -> int:
+def build_report(results_dir: Path, out_pdf: Path, references: Path | None = None) -> int:
     """Collect the finished runs from the tracking store and write the PDF (figures as PNGs beside it)."""
     import torch
 
+    from suite.references import REGISTRY, reference_for_report
     from suite.tracking import git_state, load_runs, tracking_uri
 
     uri = tracking_uri(results_dir)
     runs = load_runs(results_dir)
-    header = {"tracking URI": uri, **git_state(Path(__file__).parent), "torch": torch.__version__}
-    return write_report(runs, out_pdf, figures_dir=Path(out_pdf).parent / "figures", header=header, source=uri)
+    references = Path(references or REGISTRY)
+    header = {"tracking URI": uri, **git_state(Path(__file__).parent), "torch": torch.__version__,
+              "reference numbers": str(references) if references.exists() else f"{references} (absent)"}
+    return write_report(runs, out_pdf, reference=reference_for_report(references),
+                        figures_dir=Path(out_pdf).parent / "figures", header=header, source=uri)

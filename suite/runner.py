@@ -30,6 +30,7 @@ def _common_tags(loaded: LoadedManifest) -> dict[str, str]:
         "suite.manifest_version": str(m.version), "suite.manifest_file": str(loaded.path),
         "suite.manifest_hash": loaded.hash, "suite.title": m.title, "suite.paper_ref": m.paper.ref,
         "suite.paper_verified": str(m.paper.verified).lower(),
+        "suite.tolerance": "" if m.tolerance is None else str(m.tolerance),
     }
 
 

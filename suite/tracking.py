@@ -111,7 +111,8 @@ class Tracker:
 
 
 RUN_COLUMNS = ["manifest", "manifest_version", "title", "paper_ref", "paper_verified", "profile", "arm", "method",
-               "seed", "bits", "top1", "top5", "dataset", "model", "run_id", "manifest_hash", "setup"]
+               "seed", "bits", "top1", "top5", "dataset", "model", "run_id", "manifest_hash", "setup",
+               "tolerance"]
 
 
 def load_runs(results_dir: Path) -> pd.DataFrame:
@@ -140,6 +141,7 @@ def load_runs(results_dir: Path) -> pd.DataFrame:
                 "top1": m.get(f"final_top1_b{b}"), "top5": m.get(f"final_top5_b{b}"),
                 "dataset": t["suite.dataset"], "model": t["suite.model"], "run_id": run.info.run_id,
                 "manifest_hash": t["suite.manifest_hash"], "setup": t.get("suite.setup"),
+                "tolerance": float(t["suite.tolerance"]) if t.get("suite.tolerance") else float("nan"),
                 "_start": run.info.start_time,
             })
     df = pd.DataFrame(rows, columns=RUN_COLUMNS + ["_start"])

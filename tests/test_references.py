@@ -1,0 +1,45 @@
+"""The reference-number registry and the verdict against a manifest's tolerance."""
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from suite.references import COLUMNS, REGISTRY, read_registry, reference_for_report
+from suite.report import summary_table
+
+SHIPPED = Path(__file__).resolve().parents[1] / REGISTRY
+
+
+def test_shipped_registry_is_valid_and_invents_nothing():
+    df = read_registry(SHIPPED)
+    paper = df[df["source_kind"] == "paper"]
+    assert len(paper) and (paper["value"] == "").all()  # no MBQuant number transcribed yet: all empty
+    assert (df[df["value"] != ""]["source"] != "").all()
+    assert reference_for_report(SHIPPED).empty
+
+
+def registry(tmp_path, **overrides):
+    row = dict.fromkeys(COLUMNS, "") | dict(table="Table 3", bits="4", value="70.5", source="paper",
+                                            source_kind="paper", manifest="m", arm="a") | overrides
+    path = tmp_path / "refs.csv"
+    pd.DataFrame([row]).to_csv(path, index=False)
+    return path
+
+
+def test_bad_rows_name_the_line_and_column(tmp_path):
+    with pytest.raises(ValueError, match=r"refs.csv:2: column value"):
+        read_registry(registry(tmp_path, value="seventy"))
+    with pytest.raises(ValueError, match=r"refs.csv:2: column source_kind"):
+        read_registry(registry(tmp_path, source_kind="blog"))
+
+
+@pytest.mark.parametrize("profile,tolerance,mean,verdict", [
+    ("paper", 1.0, 70.0, "agrees"), ("paper", 1.0, 68.0, "differs"), ("paper", float("nan"), 70.0, "no tolerance"),
+    ("smoke", 1.0, 70.0, "–"),
+])
+def test_verdict_against_tolerance(tmp_path, profile, tolerance, mean, verdict):
+    runs = pd.DataFrame([dict(manifest="m", profile=profile, arm="a", bits=4, seed=s, top1=mean + d, top5=90.0,
+                              tolerance=tolerance) for s, d in enumerate((-0.5, 0.5))])
+    table = summary_table(runs, reference_for_report(registry(tmp_path)))
+    assert table.loc[0, "paper_top1"] == 70.5
+    assert table.loc[0, "verdict"] == verdict
