@@ -1,0 +1,154 @@
+"""Dedicated per-bit QAT: one independent model per bit-width, each trained on labels (baselines.md).
+
+Every listed bit-width ``b`` gets its own single-branch network (own stem, body, BNs, classifier); nothing is
+shared. ``DedicatedModels.set_bits(b)`` routes the forward to model ``b``. The shared trainer's joint step
+then trains all of them on the same batch, each with its own CE loss (policy ``none``): their parameters
+are disjoint, so this equals training them separately on the same batch sequence and schedule.
+
+Choices not fixed by the spec:
+- Quantizers: MBQuant's, generalised to b bits (``suite.quant``): weights onto ``2**b`` levels in [-1, 1]
+  between one learnable (lower, upper) pair per conv, no scale multiplied back (the BN absorbs it);
+  input activations onto ``2**b`` levels in [0, 1] between one learnable pair per conv. At 1 bit the
+  weights are {-1, 1} and the activations {0, 1}. Bounds are optimised by Adam (``quantizer_params``).
+- Initialisation as MBQuant's ``calibrate``: kaiming weights, then for each bit-width in the listed order one
+  train-mode forward under ``no_grad`` on a new batch; each conv sets its activation bounds to
+  (min, 3*std/sqrt(1-2/pi)) of its input and its weight bounds to -/+ 3*std of its weight, then quantizes
+  with them, so later layers calibrate on quantized inputs (that model's BN running stats update as usual).
+- 32 in the bit list is a plain full-precision model (same network, no quantizer, nothing to calibrate).
+- Shortcut 1x1 convs are quantized like every body conv (the suite's common model); stem conv and
+  classifier stay FP.
+- Storage: sum over models of b bits per body weight (32 for the FP model), plus each model's FP32 stem,
+  classifier, BNs and bounds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from suite.costs import FP_BITS, conv_macs
+from suite.methods.storage import stored_bits
+from suite.models.base import BitSwitchable
+from suite.quant import activation_bounds, quantize_activation, quantize_weight, weight_bound
+
+MAX_BITS = 8
+BOUNDS = ("w_lower", "w_upper", "a_lower", "a_upper")
+
+
+def check_bit_list(bits: list[int], method: str) -> None:
+    """Bit-widths 1..8 and 32 (full precision), each at most once (shared by the baselines)."""
+    if not bits:
+        raise ValueError(f"{method}: the bit list is empty")
+    for b in bits:
+        if b != FP_BITS and not 1 <= b <= MAX_BITS:
+            raise ValueError(f"{method} cannot serve bit-width {b}: only 1..{MAX_BITS} and {FP_BITS} (full precision)")
+    if len(set(bits)) != len(bits):
+        raise ValueError(f"{method}: bit list {bits} repeats a bit-width")
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, bits: list[int], batches: Iterable) -> None:
+    """One train-mode forward per bit-width (listed order, a new batch each) with every ``calibrating``
+    layer flagged: each initialises the quantizer parameters it uses from that forward (see MBQuant's)."""
+    layers = [m for m in model.modules() if hasattr(m, "calibrating")]
+    model.train()
+    batches = iter(batches)
+    for b in bits:
+        x, _ = next(batches)
+        model.set_bits(b)
+        for m in layers:
+            m.calibrating = True
+        try:
+            model(x)
+        finally:
+            for m in layers:
+                m.calibrating = False
+
+
+class LearnedBoundsConv(nn.Conv2d):
+    """A conv at one fixed bit-width: b-bit weights and b-bit input activations, learnable bounds each.
+
+    ``active_bits`` is this conv's model's bit-width and never changes (the wrapper routes, it does not
+    switch layers). At 32 bits it is a plain conv without quantizer parameters.
+    """
+
+    def __init__(self, ci: int, co: int, kernel_size: int, stride: int = 1, padding: int = 0, *, bits: int):
+        super().__init__(ci, co, kernel_size, stride, padding, bias=False)
+        self.active_bits = bits
+        self.calibrating = False
+        if bits != FP_BITS:
+            for name in BOUNDS:
+                setattr(self, name, nn.Parameter(torch.zeros(())))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.active_bits
+        if b == FP_BITS:
+            return self._conv_forward(x, self.weight, None)
+        if self.calibrating:
+            lower, upper = activation_bounds(x)
+            self.a_lower.copy_(lower), self.a_upper.copy_(upper)
+            self.w_upper.copy_(weight_bound(self.weight)), self.w_lower.copy_(-weight_bound(self.weight))
+        w = quantize_weight(self.weight, self.w_lower, self.w_upper, levels=2**b)
+        return self._conv_forward(quantize_activation(x, self.a_lower, self.a_upper, b), w, None)
+
+    def macs_and_bitops(self, out: torch.Tensor) -> tuple[int, int]:
+        macs = conv_macs(out, self.weight.shape)
+        return macs, self.active_bits * self.active_bits * macs
+
+
+class DedicatedModels(BitSwitchable):
+    """One independent network per bit-width in an ``nn.ModuleDict`` keyed by ``str(b)``."""
+
+    def __init__(self, arch: str, num_classes: int, bits: list[int]):
+        from suite.models import create_model
+
+        super().__init__()
+        self.bits = list(bits)
+        self.models = nn.ModuleDict({
+            str(b): create_model(arch, num_classes=num_classes, bits=[b], conv=partial(LearnedBoundsConv, bits=b),
+                                 norm=nn.BatchNorm2d)
+            for b in self.bits
+        })
+        self.current = max(self.bits)
+
+    def set_bits(self, bits: int) -> None:
+        """Route the forward to model ``bits``; layers are not touched (each keeps its own bit-width)."""
+        if bits not in self.bits:
+            raise ValueError(f"bit-width {bits} cannot be served by this model (built for bits {self.bits})")
+        self.current = bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.models[str(self.current)](x)
+
+
+@dataclass
+class Options:
+    """Dedicated QAT has no options (``method.options`` must be empty)."""
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+
+def check_bits(bits: list[int], options: Options) -> None:
+    check_bit_list(bits, "dedicated")
+
+
+def storage_bits(model: DedicatedModels) -> dict[str, int]:
+    """Sum over the models: b bits per body weight of model b (32 for FP), everything else FP32."""
+    return stored_bits(model, lambda conv: conv.active_bits)
+
+
+def build(arch: str, num_classes: int, bits: list[int], options: Options):
+    from suite.trainer import Trainable
+
+    check_bits(bits, options)
+    model = DedicatedModels(arch, num_classes, bits)
+    return Trainable(
+        model=model,
+        bits=list(bits),
+        quantizer_params=[p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in BOUNDS],
+        loss_policy="none",
+        initialize=lambda m, batches: calibrate(m, bits, batches),
+    )
