@@ -11,6 +11,7 @@ from suite.costs import measure_cost
 from suite.methods import adabits, anyprecision, dedicated
 from suite.methods.adabits import AdaBitsConv, nested_grid
 from suite.methods.anyprecision import DoReFaConv
+from suite.methods.common import PerBitBatchNorm
 from suite.methods.dedicated import LearnedBoundsConv
 from suite.quant import HALF_NORMAL_STD
 from suite.trainer import Recipe, fit, seed_everything
@@ -150,7 +151,7 @@ def test_anyprecision_has_no_quantizer_parameters_and_maps_distillation():
 @pytest.mark.parametrize("name", ["anyprecision", "adabits"])
 def test_training_one_bit_width_leaves_the_others_bn_and_alpha_untouched(name):
     model = build(name, [2, 4]).model
-    per_bit = {b: [m.bn[str(b)] for m in model.modules() if isinstance(m, anyprecision.SwitchableBatchNorm)]
+    per_bit = {b: [m.bn[str(b)] for m in model.modules() if isinstance(m, PerBitBatchNorm)]
                + [m.alpha[str(b)] for m in model.modules() if isinstance(m, AdaBitsConv)] for b in (2, 4)}
     before = {b: [snapshot(m) if isinstance(m, torch.nn.Module) else m.detach().clone() for m in per_bit[b]]
               for b in (2, 4)}

@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from suite.costs import measure_cost
 from suite.methods import mbquant
-from suite.methods.mbquant import MultiBranchConv, SwitchableBatchNorm, active_branches, calibrate
+from suite.methods.mbquant import MultiBranchConv, active_branches, calibrate
 from suite.models import create_model
 from suite.quant import HALF_NORMAL_STD, discretize, quantize_activation, quantize_weight
 

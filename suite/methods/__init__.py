@@ -6,11 +6,12 @@ Each method module defines ``Options`` (a dataclass: its ``method.options`` in a
 """
 from __future__ import annotations
 
-from suite.methods import adabits, anyprecision, dedicated, mbquant
+from suite.methods import adabits, anyprecision, bitmixer, dedicated, mbquant
 
 METHODS = {
     "mbquant": mbquant,
     "dedicated": dedicated,
     "anyprecision": anyprecision,
     "adabits": adabits,
+    "bitmixer": bitmixer,
 }

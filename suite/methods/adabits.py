@@ -55,8 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite.costs import FP_BITS, conv_macs
-from suite.methods.anyprecision import SwitchableBatchNorm
-from suite.methods.dedicated import calibrate, check_bit_list
+from suite.methods.common import PerBitBatchNorm, calibrate, check_bit_list
 from suite.methods.storage import stored_bits
 from suite.quant import activation_bounds, discretize
 
@@ -148,7 +147,7 @@ def build(arch: str, num_classes: int, bits: list[int], options: Options):
     model = create_model(
         arch, num_classes=num_classes, bits=bits,
         conv=partial(AdaBitsConv, bits=bits, grid=options.grid, alpha_init=options.alpha_init),
-        norm=partial(SwitchableBatchNorm, bits=bits),
+        norm=partial(PerBitBatchNorm, bits=bits),
     )
     calibrating = options.alpha_init == "calibrate"
     return Trainable(

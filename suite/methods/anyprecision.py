@@ -8,7 +8,7 @@ Follows baselines.md and the authors' release (SHI-Labs/Any-Precision-DNNs, ``mo
   the DoReFa transform without rounding, ``tanh(w) / max|tanh(w)| * E`` (so the b-bit weights approximate
   the FP path's, and the FP path shares the same latent weights), and the activations are not clamped (the
   release's ReLU; the suite's body convs already receive post-ReLU inputs, so they pass unchanged).
-- one BatchNorm per listed bit-width (``SwitchableBatchNorm``), nothing else per bit-width; no quantizer
+- one BatchNorm per listed bit-width (``PerBitBatchNorm``), nothing else per bit-width; no quantizer
   parameters (the trainer then runs SGD only), no initialisation pass (kaiming weights as the model sets).
 - ``distillation``: ``recursive`` (the paper's: highest bit on labels, each lower one soft-CE against the
   next higher's detached softmax) -> trainer policy ``recursive``; ``hard`` (CE on labels for every
@@ -38,23 +38,11 @@ import torch
 from torch import nn
 
 from suite.costs import FP_BITS, conv_macs
-from suite.methods.dedicated import check_bit_list
+from suite.methods.common import PerBitBatchNorm, check_bit_list
 from suite.methods.storage import stored_bits
 from suite.quant import discretize
 
 POLICIES = {"recursive": "recursive", "hard": "none", "soft": "inplace"}
-
-
-class SwitchableBatchNorm(nn.Module):
-    """One independent ``BatchNorm2d`` per listed bit-width, keyed by ``str(b)``; ``active_bits`` picks it."""
-
-    def __init__(self, channels: int, bits: list[int]):
-        super().__init__()
-        self.bn = nn.ModuleDict({str(b): nn.BatchNorm2d(channels) for b in bits})
-        self.active_bits = max(bits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn[str(self.active_bits)](x)
 
 
 class DoReFaConv(nn.Conv2d):
@@ -111,5 +99,5 @@ def build(arch: str, num_classes: int, bits: list[int], options: Options):
 
     check_bits(bits, options)
     model = create_model(arch, num_classes=num_classes, bits=bits, conv=DoReFaConv,
-                         norm=partial(SwitchableBatchNorm, bits=bits))
+                         norm=partial(PerBitBatchNorm, bits=bits))
     return Trainable(model=model, bits=list(bits), quantizer_params=[], loss_policy=POLICIES[options.distillation])

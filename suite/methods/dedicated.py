@@ -24,48 +24,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterable
-
 import torch
 from torch import nn
 
 from suite.costs import FP_BITS, conv_macs
+from suite.methods.common import calibrate, check_bit_list
 from suite.methods.storage import stored_bits
 from suite.models.base import BitSwitchable
 from suite.quant import activation_bounds, quantize_activation, quantize_weight, weight_bound
 
-MAX_BITS = 8
 BOUNDS = ("w_lower", "w_upper", "a_lower", "a_upper")
-
-
-def check_bit_list(bits: list[int], method: str) -> None:
-    """Bit-widths 1..8 and 32 (full precision), each at most once (shared by the baselines)."""
-    if not bits:
-        raise ValueError(f"{method}: the bit list is empty")
-    for b in bits:
-        if b != FP_BITS and not 1 <= b <= MAX_BITS:
-            raise ValueError(f"{method} cannot serve bit-width {b}: only 1..{MAX_BITS} and {FP_BITS} (full precision)")
-    if len(set(bits)) != len(bits):
-        raise ValueError(f"{method}: bit list {bits} repeats a bit-width")
-
-
-@torch.no_grad()
-def calibrate(model: nn.Module, bits: list[int], batches: Iterable) -> None:
-    """One train-mode forward per bit-width (listed order, a new batch each) with every ``calibrating``
-    layer flagged: each initialises the quantizer parameters it uses from that forward (see MBQuant's)."""
-    layers = [m for m in model.modules() if hasattr(m, "calibrating")]
-    model.train()
-    batches = iter(batches)
-    for b in bits:
-        x, _ = next(batches)
-        model.set_bits(b)
-        for m in layers:
-            m.calibrating = True
-        try:
-            model(x)
-        finally:
-            for m in layers:
-                m.calibrating = False
 
 
 class LearnedBoundsConv(nn.Conv2d):

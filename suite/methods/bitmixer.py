@@ -1,0 +1,386 @@
+"""Bit-Mixer (Bulat & Tzimiropoulos, ICCV 2021): one meta-quantized network, any bit-width in any layer.
+
+Shared latent weights, LSQ quantizers per layer and bit-width, *transitional* BatchNorms indexed by the
+(previous layer's bit-width -> this layer's bit-width) pair, and a 3-stage schedule that ends with random
+layer-wise bit-widths, so that at test time every layer may pick its own bit-width (``set_layer_bits``).
+
+No official code exists. This module is a re-implementation from the paper's description, written from memory
+of the paper (its full text could not be retrieved here; only the abstract and third-party summaries, which
+confirm "transitional Batch-Norms" and "a 3-stage optimization: an intermediate meta-network trained in two
+stages, then a third stage that progressively enables random layer-wise bit-widths"). Every choice made where
+the paper is silent, unknown or does not fit the suite's shared trainer:
+
+1. Model: the suite's single-branch CIFAR ResNet (``suite.models.resnet_cifar``) with FP stem conv + BN and FP
+   classifier (suite convention, baselines.md). Every body conv, including the 1x1 stride-2 shortcut convs, is a
+   ``BitMixerConv``; every body BN is a ``TransitionalBatchNorm``. The model is wrapped in ``BitMixerNet`` (state
+   dict keys prefixed ``net.``), which owns the bit-width logic.
+2. A layer's bit-width ``b_i`` applies to both its weights and its input activations (one number per layer);
+   BitOPs of a layer = b_i * b_i * MACs, so a mixed configuration costs the per-layer sum. The shortcut conv is
+   a layer of its own with an independent bit-width, even though it reads the same input as the block's conv1.
+3. Quantizers (LSQ, Esser et al. 2020): per layer, per bit-width, one learnable scalar step for the weights
+   (signed grid, Q_n = 2^(b-1), Q_p = 2^(b-1) - 1) and one for the input activations (unsigned grid, Q_n = 0,
+   Q_p = 2^b - 1: every body conv reads a post-ReLU tensor). Forward ``round(clamp(v/s, -Q_n, Q_p)) * s``
+   (rounding through ``suite.quant.discretize``: half to even, straight-through), LSQ gradient scaling
+   g = 1/sqrt(N * Q_p) (N = weights of the layer, or activation elements of one sample). Per-tensor steps, not
+   per-channel.
+4. Step initialisation: s = 2 * mean|v| / sqrt(Q_p) (LSQ), weights from the latent weights, activations from the
+   first batch the layer sees at that bit-width: the trainer's ``initialize`` hook runs one no-grad train-mode
+   forward per bit-width of the list (uniform network), each on the next training batch (the last one reused if
+   the loader runs out). Steps start at 0, meaning "not initialised": a step never initialised that way is
+   initialised lazily on its first train-mode forward (an uncalibrated model evaluates to NaN rather than to a
+   silently wrong network). Floor 1e-8 so an all-zero input cannot produce a zero step. BN running statistics of
+   the (b, b) transitions move during that calibration (as in MBQuant's calibration).
+5. Bit-width 32 in the list means a full-precision layer (no quantizer, no step sizes; 32 x 32 BitOPs per MAC).
+   Supported bit-widths: 2..8 and 32. 1 bit is rejected (LSQ's signed 1-bit weight grid has Q_p = 0).
+6. Transitional BN: the BN after conv ``i`` holds one independent ``BatchNorm2d`` per pair (p, c) of bit-widths of
+   the list (|B|^2 entries, key ``"{p}to{c}"``) and uses (p, c) = (bit-width of the *previous* quantized layer,
+   bit-width of conv i). At a uniform bit-width b it is (b, b). "Previous" follows the dataflow of the main path:
+   for a block's conv2 it is the block's conv1; for a block's conv1 *and* its shortcut conv it is the conv2 of the
+   preceding block (the last conv whose output reached the block input). The first quantized conv reads the FP
+   stem, whose output never changes bit-width, so its BN is indexed by its own bit-width only: key (b, b), and only
+   the |B| diagonal entries are stored (the off-diagonal ones are removed at construction).
+7. Three stages over the epochs, fractions ``Options.stages`` (default thirds; stage ends at
+   round(cumulative fraction * epochs)), driven by the trainer's ``on_epoch_start(epoch, epochs)``:
+   stage 1 network-wide (uniform) bit-widths with *full-precision weights* in training (activations quantized;
+   ``stage1_weights: fp``, this module's reading of the paper's two-stage intermediate meta-network, weights-first being the
+   authors' usual recipe) - ``stage1_weights: quantized`` makes stage 1 identical to stage 2; stage 2 network-wide
+   bit-widths, weights and activations quantized; stage 3 random layer-wise bit-widths with a probability that
+   grows linearly over the stage: p = (k + 1) / n3 at the k-th of its n3 epochs (reaching 1 at the last epoch).
+   Evaluation always quantizes the weights, in every stage.
+8. Fitting the shared trainer's step (every bit-width of the list, descending, one forward each): the paper's
+   per-iteration sampling of one bit-width is replaced by running all listed bit-widths every step (as every
+   method of the suite does). In stage 3, ``set_bits(b)`` in train mode treats b as the *nominal* bit-width: each
+   layer independently, with probability p, takes a bit-width drawn uniformly from the list (possibly b itself),
+   otherwise b. The highest bit-width of the list is never mixed: it always runs the uniform network, so that the
+   in-place teacher (the first bit-width the trainer runs for ascending lists) is the uniform top network. Draws
+   use torch's global RNG (the trainer re-seeds it every epoch: runs are reproducible and resumable); one
+   ``torch.rand`` and one ``torch.randint`` over all layers per draw, whatever p is. The per-bit training losses
+   the trainer logs in stage 3 are therefore those of random mixtures with nominal b.
+9. Evaluation (``model.eval()`` then ``set_bits(b)``) is always the uniform b-bit network; ``set_layer_bits`` (or
+   ``set_bits`` with a per-layer list, which ``suite.costs.measure_cost`` also accepts this way) runs any
+   per-layer configuration, layers in module order (``BitMixerNet.layer_names``).
+10. Distillation: ``inplace`` by default (the trainer's in-place policy: the highest bit-width learns from labels
+    and teaches every other one with ½(softCE + CE)). The paper is recalled as reporting gains from knowledge
+    distillation but cannot confirm whether its teacher is the top bit-width or a separate FP network; the
+    shared trainer has no external teacher, so the top bit-width is used. ``none``: CE for every bit-width.
+11. Optimisation is the suite's (SGD on weights/BN/FC, Adam on the step sizes, cosine, per-epoch evaluation) and
+    does not follow the paper's ImageNet recipe.
+12. Storage (``storage_bits``, through the baselines' shared ``suite.methods.storage.stored_bits``): the shared
+    latent weights are stored at FP32 (the per-bit LSQ steps differ, so a lower-bit weight is not a function of
+    the top-bit quantized copy; a quantize-once copy cannot serve every bit-width exactly) + every transitional
+    BN entry and the stem BN (gamma, beta, running mean, running variance at 32 bits; ``bn``) + every LSQ step
+    (32 bits; ``clip``) + the FP stem conv and classifier (``fp_layers``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+
+from suite.costs import FP_BITS
+from suite.methods.common import calibrate, check_bit_list
+from suite.models.base import BitSwitchable
+from suite.quant import discretize
+
+QUANT_BITS = range(2, 9)  # quantized bit-widths this module serves; FP_BITS (32) means a full-precision layer
+STEP_FLOOR = 1e-8
+ARCHS = ("resnet20", "resnet8")
+
+# ----------------------------------------------------------------------------------------------------------
+# LSQ quantizer
+# ----------------------------------------------------------------------------------------------------------
+
+
+def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Value of ``x``, gradient multiplied by ``scale`` (LSQ's step-size gradient scaling)."""
+    y = x * scale
+    return (x - y).detach() + y
+
+
+def lsq_quantize(v: torch.Tensor, step: torch.Tensor, qn: int, qp: int, numel: int) -> torch.Tensor:
+    """``round(clamp(v/s, -qn, qp)) * s`` with straight-through rounding and LSQ gradient scaling of ``s``.
+
+    The rounding goes through ``discretize`` on the unit interval: ``(t + qn) / (qn + qp)`` snapped onto
+    ``qn + qp + 1`` levels. Gradients: d/dv = 1 inside the range, 0 outside; d/ds = round(v/s) - v/s inside,
+    -qn / qp outside (times g), exactly LSQ.
+    """
+    s = grad_scale(step, 1.0 / math.sqrt(numel * qp))
+    t = torch.clamp(v / s, -qn, qp)
+    span = qn + qp
+    return (discretize((t + qn) / span, span + 1) * span - qn) * s
+
+
+def weight_range(bits: int) -> tuple[int, int]:
+    return 2 ** (bits - 1), 2 ** (bits - 1) - 1
+
+
+def activation_range(bits: int) -> tuple[int, int]:
+    return 0, 2**bits - 1
+
+
+def lsq_init(v: torch.Tensor, qp: int) -> torch.Tensor:
+    return (2 * v.abs().mean() / math.sqrt(qp)).clamp_min(STEP_FLOOR)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------------------
+
+
+class BitMixerConv(nn.Conv2d):
+    """A conv whose weights and input activations are quantized at ``active_bits`` (its own bit-width).
+
+    Shared latent FP weights; one LSQ weight step and one activation step per quantized bit-width of the list
+    (``w_step[i]``, ``a_step[i]`` for ``quant_bits[i]``). ``fp_weights_in_training``: stage 1 trains with
+    full-precision weights (evaluation always quantizes).
+    """
+
+    def __init__(self, ci: int, co: int, kernel_size: int, stride: int, padding: int, *, bits: Sequence[int]):
+        super().__init__(ci, co, kernel_size, stride, padding, bias=False)
+        self.quant_bits = sorted(b for b in set(bits) if b != FP_BITS)
+        self.slot = {b: i for i, b in enumerate(self.quant_bits)}
+        n = len(self.quant_bits)
+        # 0 = not initialised yet (LSQ steps are positive, floored at STEP_FLOOR once initialised)
+        self.w_step = nn.Parameter(torch.zeros(n))
+        self.a_step = nn.Parameter(torch.zeros(n))
+        self.active_bits: int = max(bits)
+        self.fp_weights_in_training = False
+        self.calibrating = False  # set by ``calibrate``: the next forward (re)initialises the steps it uses
+        self._known_initialized: set[int] = set()  # slots seen initialised: no device sync per forward after
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.active_bits
+        if b == FP_BITS:
+            return self._conv_forward(x, self.weight, None)
+        i = self.slot[b]
+        wq_n, wq_p = weight_range(b)
+        aq_n, aq_p = activation_range(b)
+        if self.calibrating or (self.training and not self._is_initialized(i)):
+            with torch.no_grad():
+                self.w_step[i] = lsq_init(self.weight, wq_p)
+                self.a_step[i] = lsq_init(x, aq_p)
+            self._known_initialized.add(i)
+        if self.training and self.fp_weights_in_training:
+            w = self.weight
+        else:
+            w = lsq_quantize(self.weight, self.w_step[i], wq_n, wq_p, self.weight.numel())
+        a = lsq_quantize(x, self.a_step[i], aq_n, aq_p, x[0].numel())
+        return self._conv_forward(a, w, None)
+
+    def initialized(self, bits: int) -> bool:
+        """Whether the steps of ``bits`` hold an initialisation (calibrated, trained or loaded from a checkpoint)."""
+        return bits == FP_BITS or self._is_initialized(self.slot[bits])
+
+    def _is_initialized(self, i: int) -> bool:
+        if i not in self._known_initialized and bool(self.a_step[i] != 0):
+            self._known_initialized.add(i)
+        return i in self._known_initialized
+
+    def macs_and_bitops(self, out: torch.Tensor) -> tuple[int, int]:
+        """One image: MACs of the conv, BitOPs at ``active_bits`` weights x ``active_bits`` activations."""
+        macs = out[0].numel() * self.weight.shape[1] * self.weight.shape[2] * self.weight.shape[3]
+        return macs, macs * self.active_bits * self.active_bits
+
+
+def transition_key(previous: int, current: int) -> str:
+    return f"{previous}to{current}"
+
+
+class TransitionalBatchNorm(nn.Module):
+    """One BatchNorm2d per (previous layer's bit-width -> this layer's bit-width) pair.
+
+    The pair is read at forward time from the conv this BN follows and from the previous quantized conv
+    (``link``), so any way of setting the convs' ``active_bits`` keeps the BN consistent.
+    """
+
+    def __init__(self, channels: int, bits: Sequence[int]):
+        super().__init__()
+        bits = sorted(set(bits))
+        self.bn = nn.ModuleDict({transition_key(p, c): nn.BatchNorm2d(channels) for p in bits for c in bits})
+        self._links: tuple[BitMixerConv | None, BitMixerConv | None] = (None, None)  # plain tuple: not submodules
+
+    def link(self, conv: BitMixerConv, previous: BitMixerConv | None) -> None:
+        """Attach to its conv and the previous quantized conv; without one, keep only the (b, b) entries."""
+        self._links = (conv, previous)
+        if previous is None:
+            for key in list(self.bn.keys()):
+                p, c = key.split("to")
+                if p != c:
+                    del self.bn[key]
+
+    @property
+    def transition(self) -> tuple[int, int]:
+        conv, previous = self._links
+        if conv is None:
+            raise RuntimeError("TransitionalBatchNorm used before link()")
+        current = conv.active_bits
+        return (current if previous is None else previous.active_bits), current
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn[transition_key(*self.transition)](x)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The meta-network
+# ----------------------------------------------------------------------------------------------------------
+
+
+def stage_bounds(stages: Sequence[float], epochs: int) -> tuple[int, int]:
+    """First epoch of stage 2 and of stage 3."""
+    e1 = int(round(stages[0] * epochs))
+    e2 = int(round((stages[0] + stages[1]) * epochs))
+    return min(e1, epochs), min(max(e2, e1), epochs)
+
+
+class BitMixerNet(BitSwitchable):
+    """The CIFAR ResNet with Bit-Mixer layers plus the bit-width logic: uniform, random layer-wise, per-layer."""
+
+    def __init__(self, arch: str, num_classes: int, bits: Sequence[int], options: "Options"):
+        super().__init__()
+        from suite.models import create_model
+        from suite.models.resnet_cifar import BasicBlock
+
+        self.bits = list(bits)
+        self.options = options
+        self.stage = 2  # until on_epoch_start says otherwise: network-wide, quantized
+        self.mix_prob = 0.0
+        self.net = create_model(
+            arch, num_classes=num_classes, bits=self.bits,
+            conv=lambda ci, co, k, stride, padding: BitMixerConv(ci, co, k, stride, padding, bits=self.bits),
+            norm=lambda channels: TransitionalBatchNorm(channels, self.bits),
+        )
+        # Link every transitional BN to its conv and to the previous quantized conv of the dataflow.
+        previous, linked = None, set()
+        for block in (m for m in self.net.modules() if isinstance(m, BasicBlock)):
+            block_input = previous
+            block.bn1.link(block.conv1, block_input)
+            block.bn2.link(block.conv2, block.conv1)
+            linked |= {block.bn1, block.bn2}
+            if block.shortcut is not None:
+                block.shortcut[1].link(block.shortcut[0], block_input)
+                linked.add(block.shortcut[1])
+            previous = block.conv2
+        norms = [m for m in self.net.modules() if isinstance(m, TransitionalBatchNorm)]
+        if set(norms) != linked:
+            raise RuntimeError("some transitional BN could not be linked to its conv (unknown block structure)")
+        named = [(n, m) for n, m in self.net.named_modules() if isinstance(m, BitMixerConv)]
+        self.layer_names = [n for n, _ in named]
+        self._convs = [m for _, m in named]  # plain list: already registered under self.net
+        self.set_bits(max(self.bits))
+
+    # -- bit-widths ------------------------------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._convs)
+
+    def layer_bits(self) -> list[int]:
+        """The current bit-width of every quantized conv, in module order."""
+        return [c.active_bits for c in self._convs]
+
+    def set_layer_bits(self, layer_bits: Sequence[int]) -> None:
+        """Run any per-layer configuration (test-time layer-wise selection), layers in ``layer_names`` order."""
+        layer_bits = [int(b) for b in layer_bits]
+        if len(layer_bits) != self.num_layers:
+            raise ValueError(f"expected {self.num_layers} per-layer bit-widths, got {len(layer_bits)}")
+        for b in layer_bits:
+            if b not in self.bits:
+                raise ValueError(f"bit-width {b} cannot be served by this model (built for bits {self.bits})")
+        for conv, b in zip(self._convs, layer_bits):
+            conv.active_bits = b
+
+    def set_bits(self, bits) -> None:
+        """Uniform ``bits`` (always in eval mode); in train mode during stage 3, a random layer-wise mixture
+        with nominal ``bits`` (see module docstring, item 8). A sequence is a per-layer configuration."""
+        if isinstance(bits, (list, tuple)):
+            self.set_layer_bits(bits)
+            return
+        if bits not in self.bits:
+            raise ValueError(f"bit-width {bits} cannot be served by this model (built for bits {self.bits})")
+        if self.training and self.stage == 3 and bits != max(self.bits):
+            self.set_layer_bits(self.draw(bits))
+        else:
+            self.set_layer_bits([bits] * self.num_layers)
+
+    def draw(self, nominal: int) -> list[int]:
+        """Each layer: with probability ``mix_prob`` a bit-width drawn uniformly from the list, else ``nominal``."""
+        mixed = (torch.rand(self.num_layers) < self.mix_prob).tolist()
+        choice = torch.randint(len(self.bits), (self.num_layers,)).tolist()
+        return [self.bits[c] if m else nominal for m, c in zip(mixed, choice)]
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """The three-stage schedule (module docstring, item 7)."""
+        e1, e2 = stage_bounds(self.options.stages, epochs)
+        if epoch < e1:
+            self.stage, self.mix_prob = 1, 0.0
+        elif epoch < e2:
+            self.stage, self.mix_prob = 2, 0.0
+        else:
+            self.stage, self.mix_prob = 3, (epoch - e2 + 1) / (epochs - e2)
+        fp = self.stage == 1 and self.options.stage1_weights == "fp"
+        for conv in self._convs:
+            conv.fp_weights_in_training = fp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The method
+# ----------------------------------------------------------------------------------------------------------
+
+QUANTIZER_PARAMETERS = ("w_step", "a_step")
+
+
+@dataclass
+class Options:
+    """Bit-Mixer's manifest options (``method.options``)."""
+
+    __pydantic_config__ = {"extra": "forbid"}
+    stages: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)  # fractions of the epochs in stages 1, 2, 3
+    stage1_weights: Literal["fp", "quantized"] = "fp"  # stage 1 trains with FP or quantized weights
+    distillation: Literal["inplace", "none"] = "inplace"
+
+    def __post_init__(self):
+        stages = tuple(float(s) for s in self.stages)
+        if len(stages) != 3 or any(s < 0 for s in stages) or abs(sum(stages) - 1) > 1e-6:
+            raise ValueError(f"stages must be three non-negative epoch fractions summing to 1, got {self.stages}")
+        self.stages = stages
+
+
+def check_bits(bits: list[int], options: Options) -> None:
+    """Raise ValueError naming the bit-width this setting cannot serve (LSQ needs at least 2 bits)."""
+    check_bit_list(bits, "Bit-Mixer", lowest=2)
+
+
+def storage_bits(model: nn.Module) -> dict[str, int]:
+    """Stored bits by component (``suite.methods.storage``, the baselines' shared counter, from real tensors).
+
+    weights: every quantized conv's shared latent weight at FP32; bn: every transitional BN entry (gamma, beta,
+    running mean / variance) and the stem BN at FP32; clip: every LSQ step size (weights and activations, per
+    layer and bit-width) at FP32; fp_layers: the FP stem conv and classifier.
+    """
+    from suite.methods.storage import stored_bits
+
+    return stored_bits(model, lambda conv: FP_BITS)
+
+
+def build(arch: str, num_classes: int, bits: list[int], options: Options):
+    """The trainer's view of Bit-Mixer: model, bit list, step sizes, loss policy, calibration, stage schedule."""
+    from suite.trainer import Trainable
+
+    check_bits(bits, options)
+    if arch not in ARCHS:
+        raise ValueError(f"Bit-Mixer is implemented for {', '.join(ARCHS)}, not {arch!r}")
+    model = BitMixerNet(arch, num_classes, bits, options)
+    return Trainable(
+        model=model,
+        bits=list(bits),
+        quantizer_params=[p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in QUANTIZER_PARAMETERS],
+        loss_policy=options.distillation,
+        initialize=lambda m, batches: calibrate(m, bits, batches),
+        on_epoch_start=model.on_epoch_start,
+    )
