@@ -209,6 +209,33 @@ def accuracy_figure(runs: pd.DataFrame) -> Figure:
     return fig
 
 
+def has_storage(runs: pd.DataFrame) -> bool:
+    return "storage_mib" in runs and runs["storage_mib"].notna().any()
+
+
+def storage_figure(runs: pd.DataFrame) -> Figure:
+    """Top-1 vs the storage needed to serve every bit-width, one point per (arm, bit-width), for one section."""
+    profile = _one(runs, "profile")
+    _one(runs, "manifest")
+    label = scale_label(profile)
+    points = runs.groupby(["arm", "bits"], as_index=False).agg(top1=("top1", "mean"), storage_mib=("storage_mib", "mean"))
+    fig = _new_figure(FIGURE_SIZE)
+    ax = fig.add_subplot()
+    sns.scatterplot(data=points, x="storage_mib", y="top1", hue="arm", style="arm", s=70, ax=ax)
+    for r in points.itertuples():
+        ax.annotate(f"{r.bits}", (r.storage_mib, r.top1), textcoords="offset points", xytext=(5, 3), fontsize=7)
+    ax.set_xlabel("storage to serve all bit-widths (MiB, measured from the stored tensors)")
+    ax.set_ylabel("top-1 accuracy (%)" + (f" — {label}" if label else ""))
+    ax.set_title(_section_heading(runs) + "\naccuracy vs storage (labels: bit-width)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(title="arm", fontsize=8, title_fontsize=8)
+    fig.text(0.01, 0.035, "Storage counts every stored tensor at its stored precision (quantized weights at their "
+             "stored bits, BN / bounds / FP layers at 32 bits); one storage value per arm, whatever the bit-width.",
+             fontsize=7.5, va="bottom", wrap=True)
+    fig.subplots_adjust(left=0.09, right=0.97, top=0.86, bottom=0.2)
+    return fig
+
+
 def _png_name(manifest: str, profile: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{manifest}__{profile}") + ".png"
 
@@ -329,7 +356,8 @@ def write_report(
     for m, p, _ in sections:
         rows = summary[(summary["manifest"] == m) & (summary["profile"] == p)]
         chunks[m, p] = [rows.iloc[i:i + TABLE_ROWS_PER_PAGE] for i in range(0, len(rows), TABLE_ROWS_PER_PAGE)]
-    total = 1 + sum(1 + len(c) for c in chunks.values())
+    storage_pages = {(m, p): has_storage(rows) for m, p, rows in sections}
+    total = 1 + sum(1 + storage_pages[k] + len(c) for k, c in chunks.items())
 
     out_pdf.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_pdf.with_name(f".{out_pdf.name}.{os.getpid()}.tmp")
@@ -346,6 +374,13 @@ def write_report(
                 page += 1
                 _stamp(fig, p, page, total)
                 pdf.savefig(fig)
+                if storage_pages[m, p]:
+                    fig = storage_figure(rows)
+                    if figures_dir is not None:
+                        _save_png(fig, Path(figures_dir), m, f"{p}__storage")
+                    page += 1
+                    _stamp(fig, p, page, total)
+                    pdf.savefig(fig)
                 heading, note = _section_heading(rows), _paper_note(rows)
                 if "setup" in rows:  # what the numbers were measured on: data, model, recipe of this profile
                     note += ". Setup: " + "; ".join(sorted(rows["setup"].dropna().unique()))

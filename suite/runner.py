@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 import yaml
 
+from suite.costs import measure_cost
 from suite.data import build_data
 from suite.manifest import LoadedManifest, ResolvedArm, config_hash, flatten
 from suite.methods import METHODS
@@ -100,6 +101,7 @@ def _run_one(tracker: Tracker, experiment: str, parent: str, loaded: LoadedManif
             final[f"final_top1_b{b}"], final[f"final_top5_b{b}"] = top1, top5
         final["final_top1_mean"] = sum(v[0] for v in result.final.values()) / len(result.final)
         final["best_epoch"] = result.best_epoch
+        final.update(_cost_metrics(method, trainable.model, cfg.method.bits, data.image_size))
         tracker.log_metrics(run_id, final, max(result.best_epoch, 0))
         _log_run_artifacts(tracker, run_id, arm, seed, result)
         tracker.finish(run_id)
@@ -108,6 +110,17 @@ def _run_one(tracker: Tracker, experiment: str, parent: str, loaded: LoadedManif
         raise
     echo("    " + "  ".join(f"{b}-bit {t1:.2f}%" for b, (t1, _) in sorted(result.final.items())))
     return _final_rows(arm, seed, final)
+
+
+def _cost_metrics(method, model, bits: list[int], image_size: int) -> dict[str, float]:
+    """Stored bits by component (and MiB in all) and per-image MACs / BitOPs at every bit-width."""
+    storage = method.storage_bits(model)
+    out = {f"storage_bits_{k}": v for k, v in storage.items()}
+    out["storage_mib"] = sum(storage.values()) / 8 / 2**20
+    for b in bits:
+        cost = measure_cost(model, b, (3, image_size, image_size))
+        out[f"macs_b{b}"], out[f"bitops_b{b}"], out[f"fp_macs_b{b}"] = cost.quantized_macs, cost.quantized_bitops, cost.fp_macs
+    return out
 
 
 def _final_rows(arm: ResolvedArm, seed: int, metrics: dict) -> list[dict]:

@@ -112,7 +112,7 @@ class Tracker:
 
 RUN_COLUMNS = ["manifest", "manifest_version", "title", "paper_ref", "paper_verified", "profile", "arm", "method",
                "seed", "bits", "top1", "top5", "dataset", "model", "run_id", "manifest_hash", "setup",
-               "tolerance"]
+               "tolerance", "storage_mib", "bitops"]
 
 
 def load_runs(results_dir: Path) -> pd.DataFrame:
@@ -139,6 +139,7 @@ def load_runs(results_dir: Path) -> pd.DataFrame:
                 "paper_verified": t["suite.paper_verified"] == "true", "profile": t["suite.profile"],
                 "arm": t["suite.arm"], "method": t["suite.method"], "seed": int(t["suite.seed"]), "bits": b,
                 "top1": m.get(f"final_top1_b{b}"), "top5": m.get(f"final_top5_b{b}"),
+                "storage_mib": m.get("storage_mib"), "bitops": m.get(f"bitops_b{b}"),
                 "dataset": t["suite.dataset"], "model": t["suite.model"], "run_id": run.info.run_id,
                 "manifest_hash": t["suite.manifest_hash"], "setup": t.get("suite.setup"),
                 "tolerance": float(t["suite.tolerance"]) if t.get("suite.tolerance") else float("nan"),

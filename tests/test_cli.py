@@ -27,8 +27,8 @@ def arm_runs(results_dir):
 @pytest.mark.e2e
 def test_smoke_run_is_tracked_in_mlflow(smoke_run):
     client, runs = arm_runs(smoke_run)
-    assert len(runs) == 1
-    run = runs[0]
+    assert {r.data.tags["suite.method"] for r in runs} == {"mbquant", "dedicated", "anyprecision", "adabits", "bitmixer"}
+    run = next(r for r in runs if r.data.tags["suite.method"] == "mbquant")
     assert run.info.status == "FINISHED"
     tags, params = run.data.tags, run.data.params
     assert tags["suite.profile"] == "smoke" and tags["suite.scale"] == "smoke-scale"
@@ -38,6 +38,8 @@ def test_smoke_run_is_tracked_in_mlflow(smoke_run):
     assert [m.step for m in history] == [0, 1]
     for b in (2, 4, 6, 8):
         assert 0 <= run.data.metrics[f"final_top1_b{b}"] <= 100
+        assert run.data.metrics[f"bitops_b{b}"] == b * b * run.data.metrics["macs_b2"]  # one b-bit network
+    assert run.data.metrics["storage_mib"] > 0
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"resolved_manifest.yaml", "final_metrics.csv", "training_curves.png", "history.csv"} <= artifacts
     parent = client.get_run(tags["mlflow.parentRunId"])
@@ -49,9 +51,9 @@ def test_report_is_written(smoke_run, tmp_path, capsys):
     out = tmp_path / "report.pdf"
     assert main(["report", "--results", str(smoke_run), "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000
-    assert count_pdf_pages(out) == 3  # title, figure, table
+    assert count_pdf_pages(out) == 4  # title, accuracy figure, storage figure, table
     assert (tmp_path / "figures" / "cifar100_resnet20_2468__smoke.png").exists()
-    assert "3 pages" in capsys.readouterr().out
+    assert "4 pages" in capsys.readouterr().out
 
 
 @pytest.mark.e2e
@@ -59,7 +61,7 @@ def test_finished_run_is_not_run_twice(smoke_run, capsys):
     assert main(["run", MANIFEST, "--profile", "smoke", "--results", str(smoke_run), *FAST]) == 0
     assert "not run again" in capsys.readouterr().out
     _, runs = arm_runs(smoke_run)
-    assert len(runs) == 1
+    assert len(runs) == 5
 
 
 def test_missing_dataset_fails_clearly_and_writes_nothing(tmp_path, capsys):
