@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -69,6 +69,9 @@ class Manifest(_Strict):
     name: str
     version: int = Field(ge=1, description="bump when the experiment's meaning changes")
     title: str
+    task: Literal["train", "costs"] = Field(
+        "train", description="train: every (arm, seed) through the trainer; costs: storage and BitOPs of every "
+        "arm's model, measured without training or data")
     paper: PaperReference
     data: DataConfig
     model: ModelSpec

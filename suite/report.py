@@ -330,6 +330,29 @@ def _table_page(rows: pd.DataFrame, heading: str, note: str, part: str) -> Figur
     return fig
 
 
+def cost_table_page(costs: pd.DataFrame) -> Figure:
+    """Storage and BitOPs of every arm of one ``task: costs`` manifest (measured, not trained: no scale label)."""
+    storage = costs.drop_duplicates("arm").set_index("arm")[["method", "model", "storage_mib"]]
+    bitops = costs.pivot(index="arm", columns="bits", values="bitops") / 1e9
+    table = storage.join(bitops.rename(columns=lambda b: f"{b}-bit GBitOPs")).reset_index()
+    cells = [[str(v) if not isinstance(v, float) else f"{v:.3f}" for v in row] for row in table.itertuples(index=False)]
+    fig = _new_figure(PAGE_SIZE)
+    fig.text(0.04, 0.95, f"{costs['title'].iloc[0]}\n{costs['manifest'].iloc[0]} — {_paper_note(costs)}",
+             fontsize=11, weight="bold", va="top")
+    ax = fig.add_axes((0.04, 0.08, 0.92, 0.78))
+    ax.axis("off")
+    t = ax.table(cellText=cells, colLabels=["arm", "method", "model", "storage (MiB)", *bitops.columns.map(
+        lambda b: f"{b}-bit GBitOPs")], loc="upper center", cellLoc="center")
+    t.auto_set_font_size(False)
+    t.set_fontsize(9)
+    t.scale(1, 1.35)
+    fig.text(0.04, 0.04, "Storage: every tensor needed to serve all listed bit-widths at its stored precision. "
+             "BitOPs per image: w_bits x a_bits x MACs over quantized layers; full-precision stem and classifier "
+             "are excluded here (32x32 per MAC, the same for every method). Measured from the models, not trained.",
+             fontsize=8, wrap=True)
+    return fig
+
+
 def write_report(
     runs: pd.DataFrame,
     out_pdf: Path,
@@ -338,6 +361,7 @@ def write_report(
     header: dict[str, str] | None = None,
     *,
     source: str | None = None,
+    costs: pd.DataFrame | None = None,
 ) -> int:
     """Write the PDF report and return its page count; PNG copies of the figures go to ``figures_dir`` if given.
 
@@ -346,10 +370,15 @@ def write_report(
     crash never leaves a half-written report. ``source`` (e.g. the tracking URI) only names where the runs came
     from in the error raised for an empty ``runs``.
     """
-    _check_runs(runs, source)
+    has_costs = costs is not None and not costs.empty
+    if has_costs and (runs is None or runs.empty):  # a cost analysis alone still makes a report
+        runs = pd.DataFrame(columns=list(RUN_COLUMNS))
+    else:
+        _check_runs(runs, source)
     out_pdf = Path(out_pdf)
     summary = summary_table(runs, reference)
     sections = _sections(runs)
+    cost_sections = [(m, costs[costs["manifest"] == m]) for m in sorted(costs["manifest"].unique())] if has_costs else []
 
     # Plan the pages first so every footer can say "page i of N".
     chunks = {}
@@ -357,7 +386,7 @@ def write_report(
         rows = summary[(summary["manifest"] == m) & (summary["profile"] == p)]
         chunks[m, p] = [rows.iloc[i:i + TABLE_ROWS_PER_PAGE] for i in range(0, len(rows), TABLE_ROWS_PER_PAGE)]
     storage_pages = {(m, p): has_storage(rows) for m, p, rows in sections}
-    total = 1 + sum(1 + storage_pages[k] + len(c) for k, c in chunks.items())
+    total = 1 + sum(1 + storage_pages[k] + len(c) for k, c in chunks.items()) + len(cost_sections)
 
     out_pdf.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_pdf.with_name(f".{out_pdf.name}.{os.getpid()}.tmp")
@@ -390,6 +419,11 @@ def write_report(
                     page += 1
                     _stamp(fig, p, page, total)
                     pdf.savefig(fig)
+            for m, rows in cost_sections:
+                fig = cost_table_page(rows)
+                page += 1
+                _stamp(fig, None, page, total)
+                pdf.savefig(fig)
             pages = pdf.get_pagecount()
         os.replace(tmp, out_pdf)
     finally:
@@ -428,12 +462,12 @@ def build_report(results_dir: Path, out_pdf: Path, references: Path | None = Non
     import torch
 
     from suite.references import REGISTRY, reference_for_report
-    from suite.tracking import git_state, load_runs, tracking_uri
+    from suite.tracking import git_state, load_costs, load_runs, tracking_uri
 
     uri = tracking_uri(results_dir)
-    runs = load_runs(results_dir)
+    runs, costs = load_runs(results_dir), load_costs(results_dir)
     references = Path(references or REGISTRY)
     header = {"tracking URI": uri, **git_state(Path(__file__).parent), "torch": torch.__version__,
               "reference numbers": str(references) if references.exists() else f"{references} (absent)"}
     return write_report(runs, out_pdf, reference=reference_for_report(references),
-                        figures_dir=Path(out_pdf).parent / "figures", header=header, source=uri)
+                        figures_dir=Path(out_pdf).parent / "figures", header=header, source=uri, costs=costs)

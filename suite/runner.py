@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from suite.costs import measure_cost
-from suite.data import build_data
+from suite.data import build_data, num_classes
 from suite.manifest import LoadedManifest, ResolvedArm, config_hash, flatten
 from suite.methods import METHODS
 from suite.report import scale_label, training_curves_figure
@@ -37,19 +37,24 @@ def _common_tags(loaded: LoadedManifest) -> dict[str, str]:
 
 def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = True,
                  echo: Callable[[str], None] = print) -> pd.DataFrame:
-    """Train every (arm, seed) not already finished; returns one row per (arm, seed, bit-width)."""
+    """Run every (arm, seed) not already finished; returns one row per (arm, seed, bit-width).
+
+    A ``task: costs`` manifest instead measures each arm's storage and BitOPs (no data, no training).
+    """
     results_dir = Path(results_dir)
+    costs_only = loaded.manifest.task == "costs"
     # Pre-flight: a missing dataset fails here, before any run is opened or anything is written.
     for data_cfg in {yaml.safe_dump(asdict(a.config.data)): a.config.data for a in loaded.arms}.values():
-        build_data(data_cfg, loaded.manifest.recipe.batch_size, seed=0)
+        if not costs_only:
+            build_data(data_cfg, loaded.manifest.recipe.batch_size, seed=0)
     tracker = Tracker(results_dir)
     m = loaded.manifest
     experiment = tracker.experiment_id(m.name)
     tags = _common_tags(loaded)
     parent = tracker.start_parent(experiment, f"{m.name} [{loaded.profile}]", tags,
                                   flatten(m.model_dump(mode="json", exclude={"profiles", "arms"})))
-    echo(f"{m.name} ({m.paper.ref}, profile {loaded.profile}): {len(loaded.arms)} arm(s) x {len(m.seeds)} seed(s); "
-         f"MLflow {tracker.uri}")
+    runs = f"{len(loaded.arms)} arm(s)" + ("" if costs_only else f" x {len(m.seeds)} seed(s)")
+    echo(f"{m.name} ({m.paper.ref}, profile {loaded.profile}): {runs}; MLflow {tracker.uri}")
     rows, status = [], "FAILED"
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -57,8 +62,13 @@ def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = 
             resolved.write_text(loaded.resolved_yaml())
             tracker.log_artifact(parent, resolved)
         for arm in loaded.arms:
+            if costs_only:
+                rows += _measure_costs(tracker, experiment, parent, arm, tags, echo)
+                continue
             for seed in m.seeds:
                 rows += _run_one(tracker, experiment, parent, loaded, arm, seed, tags, results_dir, progress, echo)
+        if costs_only:
+            _report_costs(tracker, parent, pd.DataFrame(rows), m.name, echo)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -110,6 +120,48 @@ def _run_one(tracker: Tracker, experiment: str, parent: str, loaded: LoadedManif
         raise
     echo("    " + "  ".join(f"{b}-bit {t1:.2f}%" for b, (t1, _) in sorted(result.final.items())))
     return _final_rows(arm, seed, final)
+
+
+def _measure_costs(tracker: Tracker, experiment: str, parent: str, arm: ResolvedArm, tags: dict, echo) -> list[dict]:
+    """One tracked run per arm: stored bits and per-image MACs / BitOPs of the untrained model (they do not
+    depend on the weights' values)."""
+    cfg, key = arm.config, "costs/" + arm.run_key(0)
+    previous = tracker.find(experiment, key)
+    if previous is not None and previous.info.status == "FINISHED":
+        echo(f"  {arm.name}: measured earlier (run {previous.info.run_id}), not measured again")
+        metrics = previous.data.metrics
+    else:
+        run_tags = {**tags, "suite.arm": arm.name, "suite.method": cfg.method.name, "suite.model": cfg.model.arch,
+                    "suite.bits": ",".join(map(str, cfg.method.bits)), "suite.dataset": cfg.data.dataset}
+        run_id, _ = tracker.start_child(experiment, parent, arm.name, key, run_tags, flatten(arm.run_spec),
+                                        kind="cost-run")
+        try:
+            method = METHODS[cfg.method.name]
+            trainable = method.build(cfg.model.arch, num_classes(cfg.data.dataset), cfg.method.bits,
+                                     method.Options(**cfg.method.options))
+            metrics = _cost_metrics(method, trainable.model, cfg.method.bits, cfg.data.image_size)
+            tracker.log_metrics(run_id, metrics, 0)
+            tracker.finish(run_id)
+        except BaseException as err:
+            tracker.finish(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            raise
+    return [{"arm": arm.name, "method": cfg.method.name, "bits": b, "storage_mib": metrics["storage_mib"],
+             **{f"{k.removeprefix('storage_bits_')}_mib": v / 8 / 2**20 for k, v in metrics.items()
+                if k.startswith("storage_bits_")},
+             "macs_M": metrics[f"macs_b{b}"] / 1e6, "bitops_G": metrics[f"bitops_b{b}"] / 1e9,
+             "fp_macs_M": metrics[f"fp_macs_b{b}"] / 1e6} for b in cfg.method.bits]
+
+
+def _report_costs(tracker: Tracker, parent: str, table: pd.DataFrame, name: str, echo) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.costs.csv"
+        table.to_csv(path, index=False)
+        tracker.log_artifact(parent, path)
+    storage = table.drop_duplicates("arm").set_index("arm").filter(like="_mib").round(3)
+    bitops = table.pivot(index="arm", columns="bits", values="bitops_G").round(3)
+    bitops.columns = [f"{b}-bit GBitOPs" for b in bitops.columns]
+    echo("storage (MiB, all bit-widths served) and BitOPs per image (G; quantized layers, FP layers apart):\n"
+         + storage.join(bitops).to_string())
 
 
 def _cost_metrics(method, model, bits: list[int], image_size: int) -> dict[str, float]:

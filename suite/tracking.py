@@ -70,7 +70,7 @@ class Tracker:
         return runs[0] if runs else None
 
     def start_child(self, experiment_id: str, parent_id: str, name: str, run_key: str, tags: dict[str, str],
-                    params: dict[str, Any]) -> tuple[str, bool]:
+                    params: dict[str, Any], kind: str = "arm-run") -> tuple[str, bool]:
         """Open the run for ``run_key``: the unfinished one from an earlier, killed invocation if any.
 
         Returns (run_id, reopened).
@@ -81,7 +81,7 @@ class Tracker:
             self.client.set_tag(previous.info.run_id, "suite.resumed_by", parent_id)
             return previous.info.run_id, True
         run = self.client.create_run(experiment_id, run_name=name, tags={
-            **tags, TAG_KIND: "arm-run", TAG_KEY: run_key, PARENT_TAG: parent_id,
+            **tags, TAG_KIND: kind, TAG_KEY: run_key, PARENT_TAG: parent_id,
         })
         self.log_params(run.info.run_id, params)
         return run.info.run_id, False
@@ -151,3 +151,29 @@ def load_runs(results_dir: Path) -> pd.DataFrame:
     newest = df.groupby(["manifest", "profile", "arm", "seed"])["_start"].transform("max")
     df = df[df["_start"] == newest].drop(columns="_start")
     return df.sort_values(["manifest", "profile", "arm", "seed", "bits"]).reset_index(drop=True)
+
+
+def load_costs(results_dir: Path) -> pd.DataFrame:
+    """Finished ``task: costs`` runs, one row per (arm, bit-width), newest per (manifest, profile, arm)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(results_dir))
+    experiments = client.search_experiments()
+    runs = client.search_runs(
+        [e.experiment_id for e in experiments], filter_string=f"tags.`{TAG_KIND}` = 'cost-run' and "
+        "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=50_000,
+    ) if experiments else []
+    rows, seen = [], set()
+    for run in runs:  # newest first
+        t, m = run.data.tags, run.data.metrics
+        key = (t["suite.manifest"], t["suite.profile"], t["suite.arm"])
+        if key in seen:
+            continue
+        seen.add(key)
+        for b in [int(x) for x in t["suite.bits"].split(",")]:
+            rows.append({"manifest": t["suite.manifest"], "profile": t["suite.profile"], "title": t["suite.title"],
+                         "paper_ref": t["suite.paper_ref"], "paper_verified": t["suite.paper_verified"] == "true",
+                         "arm": t["suite.arm"], "method": t["suite.method"],
+                         "model": t["suite.model"], "bits": b, "storage_mib": m["storage_mib"],
+                         "macs": m[f"macs_b{b}"], "bitops": m[f"bitops_b{b}"], "fp_macs": m[f"fp_macs_b{b}"]})
+    return pd.DataFrame(rows)

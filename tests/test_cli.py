@@ -8,7 +8,7 @@ from suite.cli import main
 from suite.report import count_pdf_pages
 from suite.tracking import tracking_uri
 
-MANIFEST = str(Path(__file__).resolve().parents[1] / "experiments" / "cifar100_resnet20_2468.yaml")
+MANIFEST = str(Path(__file__).resolve().parents[1] / "experiments" / "table3_cifar100_resnet20_2468.yaml")
 FAST = ["--set", "recipe.epochs=2", "--set", "recipe.steps_per_epoch=2", "--no-progress"]
 
 
@@ -20,7 +20,7 @@ def smoke_run(results_dir):
 
 def arm_runs(results_dir):
     client = MlflowClient(tracking_uri(results_dir))
-    exp = client.get_experiment_by_name("cifar100_resnet20_2468")
+    exp = client.get_experiment_by_name("table3_cifar100_resnet20_2468")
     return client, client.search_runs([exp.experiment_id], "tags.`suite.kind` = 'arm-run'")
 
 
@@ -86,4 +86,4 @@ def test_malformed_manifest_fails_clearly_and_writes_nothing(tmp_path, capsys):
 def test_list_shows_the_shipped_manifests(capsys):
     assert main(["list", "--experiments", str(Path(MANIFEST).parent)]) == 0
     out = capsys.readouterr().out
-    assert "cifar100_resnet20_2468" in out and "Fig. 3" in out and "not yet checked" in out
+    assert "table3_cifar100_resnet20_2468" in out and "Fig. 3" in out and "not yet checked" in out
