@@ -1,4 +1,4 @@
-"""Data: the real CIFAR-10/100 loaders (mbquant.md §7) and an embedded, offline digits set for smoke runs.
+"""Data: the real CIFAR-10/100 and ImageNet loaders (mbquant.md §7) and an embedded, offline digits set for smoke runs.
 
 ``build_data(cfg, batch_size, seed)`` returns a seeded, shuffled training loader and a fixed validation loader.
 
@@ -6,6 +6,9 @@
   published augmentation. A missing folder or a failed md5 check is a ``DatasetNotFound`` that says exactly
   what is expected and how to fix it. ``verify_integrity: false`` loads re-packed (or test-written) folders
   without the md5 check; it is an explicit switch and never applies to downloads.
+- ImageNet (ILSVRC-2012) is read from ``<root>/imagenet/{train,val}/<wnid>/*.JPEG`` through torchvision's
+  ``ImageFolder`` with the published augmentation (imagenet-models.md §8). It cannot be downloaded
+  automatically; a missing folder is a ``DatasetNotFound`` saying how to lay it out.
 - ``digits`` is scikit-learn's 1,797 real 8x8 handwritten digits, shipped inside the package, so the suite
   runs with no network. The split is fixed (seed 0), whatever the run seed.
 
@@ -25,6 +28,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 # both CIFAR settings share one preprocessing (the release only ships a CIFAR-100 recipe).
 CIFAR_MEAN = tuple(v / 255 for v in (129.3, 124.1, 112.4))
 CIFAR_STD = tuple(v / 255 for v in (68.2, 65.4, 70.4))
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_FOLDER = "imagenet"  # <root>/imagenet/train/<wnid>/*.JPEG and <root>/imagenet/val/<wnid>/*.JPEG
 
 SUBSET_SEED = 0       # train_limit / val_limit subsets: the same images for every run seed
 DIGITS_SPLIT_SEED = 0  # digits train/test split: the same split for every run seed
@@ -37,11 +43,12 @@ class DataConfig:
 
     # Plain dict on purpose: pydantic reads it to validate this dataclass strictly, without importing pydantic here.
     __pydantic_config__ = {"extra": "forbid"}
-    dataset: Literal["cifar10", "cifar100", "digits"] = "cifar100"
+    dataset: Literal["cifar10", "cifar100", "digits", "imagenet"] = "cifar100"
     root: str | None = None          # None -> $SUITE_DATA_ROOT, else ./data
     download: bool = False           # torchvision download (for users with internet)
     verify_integrity: bool = True    # False: accept re-packed / test-written CIFAR folders (skips the md5 check)
-    image_size: int = 32             # digits: side the 8x8 digits are resized to; CIFAR: must be 32
+    image_size: int = 32             # digits: side the 8x8 digits are resized to; CIFAR: must be 32;
+                                     # imagenet: crop side (published: 224; val resizes to round(size*256/224))
     train_limit: int | None = None   # fixed, seeded subset of this many training images (smoke runs)
     val_limit: int | None = None     # same for the validation/test set
     workers: int = 0                 # DataLoader workers
@@ -69,8 +76,10 @@ def build_data(cfg: DataConfig, batch_size: int, seed: int, eval_batch_size: int
         train, val, num_classes, description = _cifar(cfg)
     elif cfg.dataset == "digits":
         train, val, num_classes, description = _digits(cfg)
+    elif cfg.dataset == "imagenet":
+        train, val, num_classes, description = _imagenet(cfg)
     else:
-        raise ValueError(f"unknown data.dataset {cfg.dataset!r}; known: cifar10, cifar100, digits")
+        raise ValueError(f"unknown data.dataset {cfg.dataset!r}; known: cifar10, cifar100, digits, imagenet")
 
     train, note = _limit(train, cfg.train_limit, "train_limit")
     description += note
@@ -173,6 +182,53 @@ def _load_without_md5(official, root: str, **kwargs):
     return ds
 
 
+# -------------------------------------------------------------------------------------------- ImageNet
+
+
+def _imagenet(cfg: DataConfig):
+    from torchvision import datasets, transforms
+
+    size = cfg.image_size
+    if size < 16:
+        raise ValueError(f"data.image_size must be >= 16 for imagenet (the crop side; published: 224), got {size}")
+    root = os.path.join(_root(cfg), IMAGENET_FOLDER)
+    how = (f"ImageNet cannot be downloaded automatically (it needs a registered account): get ILSVRC2012_img_train.tar "
+           f"and ILSVRC2012_img_val.tar from https://image-net.org/, extract the training images into "
+           f"{root}/train/<wnid>/*.JPEG and sort the 50,000 validation images into {root}/val/<wnid>/*.JPEG "
+           f"(e.g. with the widely used valprep.sh, or torchvision.datasets.ImageNet's archive parser), or point "
+           f"the suite at the folder holding imagenet/ with SUITE_DATA_ROOT=<dir> or `--set data.root=<dir>`.")
+    if cfg.download:
+        raise ValueError(f"data.download: true is not possible for imagenet. {how}")
+    resize = round(size * 256 / 224)  # 256 for the published 224 crop
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    transform = {
+        # RandomResizedCrop with torchvision's default scale (0.08, 1) and ratio (3/4, 4/3), as released.
+        "train": transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+                                     transforms.ToTensor(), normalize]),
+        "val": transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(),
+                                   normalize]),
+    }
+    splits = {}
+    for split in ("train", "val"):
+        folder = os.path.join(root, split)
+        if not os.path.isdir(folder):
+            raise DatasetNotFound(f"ImageNet not found: expected the folder {folder} (one sub-folder of images per "
+                                  f"class, <wnid>/*.JPEG). {how}")
+        try:
+            splits[split] = datasets.ImageFolder(folder, transform=transform[split])
+        except FileNotFoundError as err:  # no class folder, or a class folder without images
+            raise DatasetNotFound(f"ImageNet incomplete: {folder}: {err}. {how}") from err
+    train, val = splits["train"], splits["val"]
+    if train.classes != val.classes:
+        only_train, only_val = sorted(set(train.classes) - set(val.classes)), sorted(set(val.classes) - set(train.classes))
+        raise DatasetNotFound(f"ImageNet train and val class folders differ (only in train: {only_train[:5]}, "
+                              f"only in val: {only_val[:5]}): their labels would not match. {how}")
+    description = (f"imagenet (torchvision ImageFolder from {root}; {len(train.classes)} classes, {len(train)} train / "
+                   f"{len(val)} val; train RandomResizedCrop {size} + flip, val resize {resize} + center crop {size}, "
+                   f"ImageNet normalisation)")
+    return train, val, len(train.classes), description
+
+
 # ---------------------------------------------------------------------------------------------- digits
 
 
@@ -225,3 +281,13 @@ def _digits(cfg: DataConfig):
                    f"with seed {DIGITS_SPLIT_SEED} whatever the run seed, {len(train)} train / {len(val)} test; "
                    f"random crop pad {pad}, no flip)")
     return train, val, 10, description
+
+
+# Classes of each dataset's standard release: what a model is built with when no data is loaded (cost analysis).
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "imagenet": 1000}
+
+
+def num_classes(dataset: str) -> int:
+    if dataset not in NUM_CLASSES:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(NUM_CLASSES))}")
+    return NUM_CLASSES[dataset]

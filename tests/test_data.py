@@ -246,7 +246,7 @@ def test_config_validates_strictly_with_pydantic():
     pydantic = pytest.importorskip("pydantic")
     adapter = pydantic.TypeAdapter(DataConfig)
     assert adapter.validate_python({"dataset": "digits", "image_size": 16}) == DataConfig(dataset="digits", image_size=16)
-    for bad in ({"dataset": "digits", "bogus": 1}, {"dataset": "imagenet"}):
+    for bad in ({"dataset": "digits", "bogus": 1}, {"dataset": "mnist"}):
         with pytest.raises(pydantic.ValidationError):
             adapter.validate_python(bad)
 
