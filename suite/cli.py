@@ -64,6 +64,22 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def cmd_import_checkpoint(args) -> int:
+    from suite.interop import evaluate_release_checkpoint
+    from suite.manifest import parse_set_options
+
+    try:
+        evaluate_release_checkpoint(
+            args.checkpoint, model=args.model, dataset=args.dataset, setting=args.setting, data_root=args.data_root,
+            data_overrides=parse_set_options(args.set), results_dir=args.results, eval_batch_size=args.batch_size,
+            device=args.device, trusted=args.trust_checkpoint,
+        )
+    except ValueError as err:  # InteropError (names, key mapping) and data-config errors: a message, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="suite", description="MBQuant reproducibility suite")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,9 +103,25 @@ def main(argv: list[str] | None = None) -> int:
     quick.add_argument("--profile", default="smoke")
     quick.set_defaults(func=cmd_quickstart)
 
+    imp = sub.add_parser("import-checkpoint", help="evaluate a released MBQuant checkpoint at every bit-width and "
+                                                   "track it like a run")
+    imp.add_argument("checkpoint", type=Path, help="torch.save'd release checkpoint (or bare state dict)")
+    imp.add_argument("--model", default="resnet20", help="released model: resnet20, resnet8 (default: resnet20)")
+    imp.add_argument("--dataset", default="cifar100",
+                     help="cifar10, cifar100, or digits for an offline demo; sets the class count (default: cifar100)")
+    imp.add_argument("--setting", default="2468", help="2468 (amortization) or 234 (serial) (default: 2468)")
+    imp.add_argument("--data-root", default=None, help="dataset parent folder (default: $SUITE_DATA_ROOT, else ./data)")
+    imp.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
+                     help="override a data field, e.g. --set data.val_limit=500 (repeatable)")
+    imp.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
+    imp.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    imp.add_argument("--trust-checkpoint", action="store_true",
+                     help="allow arbitrary pickled objects in the file (only for files you trust)")
+    imp.set_defaults(func=cmd_import_checkpoint)
+
     for p in (run, quick):
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    for p in (run, rep, quick):
+    for p in (run, rep, quick, imp):
         p.add_argument("--results", type=Path, default=RESULTS, help="run store and MLflow database (default: results)")
     for p in (rep, quick):
         p.add_argument("--out", type=Path, default=REPORT, help=f"PDF path (default: {REPORT})")

@@ -220,7 +220,8 @@ def _imagenet(cfg: DataConfig):
             raise DatasetNotFound(f"ImageNet incomplete: {folder}: {err}. {how}") from err
     train, val = splits["train"], splits["val"]
     if train.classes != val.classes:
-        only_train, only_val = sorted(set(train.classes) - set(val.classes)), sorted(set(val.classes) - set(train.classes))
+        only_train = sorted(set(train.classes) - set(val.classes))
+        only_val = sorted(set(val.classes) - set(train.classes))
         raise DatasetNotFound(f"ImageNet train and val class folders differ (only in train: {only_train[:5]}, "
                               f"only in val: {only_val[:5]}): their labels would not match. {how}")
     description = (f"imagenet (torchvision ImageFolder from {root}; {len(train.classes)} classes, {len(train)} train / "

@@ -53,10 +53,13 @@ HALF_NORMAL_STD = math.sqrt(1 - 2 / math.pi)
 
 
 def activation_bounds(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Initial (lower, upper) for an activation chunk: (min, 3*std/sqrt(1-2/pi)), unbiased std over all values."""
-    return x.min(), 3 * x.std() / HALF_NORMAL_STD
+    """Initial (lower, upper) for an activation chunk: (min, 3*std/sqrt(1-2/pi)), unbiased std over all values.
+
+    Evaluated as ``std / c * 3``, the release's order: ``3 * std / c`` differs in the last bit for ~40 % of inputs.
+    """
+    return x.min(), x.std() / HALF_NORMAL_STD * 3.0
 
 
 def weight_bound(w: torch.Tensor) -> torch.Tensor:
     """Initial symmetric weight bound 3*std (the quantizer uses [-bound, bound])."""
-    return 3 * w.std()
+    return w.std() * 3.0

@@ -110,6 +110,20 @@ class Tracker:
         self.client.set_terminated(run_id, status)
 
 
+def _finished_runs(results_dir: Path, kind: str) -> list:
+    """Finished runs of one kind (``arm-run``, ``cost-run``) across all experiments, newest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(results_dir))
+    experiments = client.search_experiments()
+    if not experiments:
+        return []
+    return client.search_runs(
+        [e.experiment_id for e in experiments], order_by=["attributes.start_time DESC"], max_results=50_000,
+        filter_string=f"tags.`{TAG_KIND}` = '{kind}' and attributes.status = 'FINISHED'",
+    )
+
+
 RUN_COLUMNS = ["manifest", "manifest_version", "title", "paper_ref", "paper_verified", "profile", "arm", "method",
                "seed", "bits", "top1", "top5", "dataset", "model", "run_id", "manifest_hash", "setup",
                "tolerance", "storage_mib", "bitops"]
@@ -121,16 +135,8 @@ def load_runs(results_dir: Path) -> pd.DataFrame:
     Per (manifest, profile, arm, seed) only the newest run is kept, so changing a manifest and re-running
     does not mix old and new numbers.
     """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri(results_dir))
-    experiments = client.search_experiments()
-    runs = client.search_runs(
-        [e.experiment_id for e in experiments], filter_string=f"tags.`{TAG_KIND}` = 'arm-run' and "
-        "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=50_000,
-    ) if experiments else []
     rows = []
-    for run in runs:
+    for run in _finished_runs(results_dir, "arm-run"):
         t, m = run.data.tags, run.data.metrics
         for b in [int(x) for x in t["suite.bits"].split(",")]:
             rows.append({
@@ -155,16 +161,8 @@ def load_runs(results_dir: Path) -> pd.DataFrame:
 
 def load_costs(results_dir: Path) -> pd.DataFrame:
     """Finished ``task: costs`` runs, one row per (arm, bit-width), newest per (manifest, profile, arm)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri(results_dir))
-    experiments = client.search_experiments()
-    runs = client.search_runs(
-        [e.experiment_id for e in experiments], filter_string=f"tags.`{TAG_KIND}` = 'cost-run' and "
-        "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=50_000,
-    ) if experiments else []
     rows, seen = [], set()
-    for run in runs:  # newest first
+    for run in _finished_runs(results_dir, "cost-run"):  # newest first
         t, m = run.data.tags, run.data.metrics
         key = (t["suite.manifest"], t["suite.profile"], t["suite.arm"])
         if key in seen:

@@ -52,7 +52,7 @@ def test_report_is_written(smoke_run, tmp_path, capsys):
     assert main(["report", "--results", str(smoke_run), "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000
     assert count_pdf_pages(out) == 4  # title, accuracy figure, storage figure, table
-    assert (tmp_path / "figures" / "cifar100_resnet20_2468__smoke.png").exists()
+    assert (tmp_path / "figures" / "table3_cifar100_resnet20_2468__smoke.png").exists()
     assert "4 pages" in capsys.readouterr().out
 
 

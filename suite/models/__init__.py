@@ -4,7 +4,9 @@ Every model exposes ``model.set_bits(b)``, the one bit-width switch used by the 
 """
 from __future__ import annotations
 
+from suite.models.mbquant_mobilenet import mbquant_mobilenetv1
 from suite.models.mbquant_resnet_cifar import mbquant_resnet8, mbquant_resnet20
+from suite.models.mbquant_resnet_imagenet import mbquant_resnet18, mbquant_resnet34
 from suite.models.resnet_cifar import resnet8, resnet20
 
 MODELS = {
@@ -12,6 +14,9 @@ MODELS = {
     "resnet8": resnet8,
     "mbquant_resnet20": mbquant_resnet20,
     "mbquant_resnet8": mbquant_resnet8,
+    "mbquant_resnet18": mbquant_resnet18,  # ImageNet (imagenet-models.md)
+    "mbquant_resnet34": mbquant_resnet34,
+    "mbquant_mobilenetv1": mbquant_mobilenetv1,
 }
 
 
