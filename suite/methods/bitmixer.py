@@ -81,7 +81,7 @@ import torch
 from torch import nn
 
 from suite.costs import FP_BITS
-from suite.methods.common import calibrate, check_bit_list
+from suite.methods.common import calibrate, check_bit_list, parameters_named
 from suite.models.base import BitSwitchable
 from suite.quant import discretize
 
@@ -379,7 +379,7 @@ def build(arch: str, num_classes: int, bits: list[int], options: Options):
     return Trainable(
         model=model,
         bits=list(bits),
-        quantizer_params=[p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in QUANTIZER_PARAMETERS],
+        quantizer_params=parameters_named(model, QUANTIZER_PARAMETERS),
         loss_policy=options.distillation,
         initialize=lambda m, batches: calibrate(m, bits, batches),
         on_epoch_start=model.on_epoch_start,

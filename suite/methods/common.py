@@ -47,6 +47,12 @@ def calibrate(model: nn.Module, bits: list[int], batches: Iterable) -> None:
                 m.calibrating = False
 
 
+def parameters_named(model: nn.Module, names: Iterable[str]) -> list[nn.Parameter]:
+    """Parameters whose own name (the last path component) is in ``names``, e.g. a method's quantizer bounds."""
+    names = set(names)
+    return [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in names]
+
+
 class PerBitBatchNorm(nn.Module):
     """One independent ``BatchNorm2d`` per listed bit-width, keyed by ``str(b)``; ``active_bits`` picks it."""
 

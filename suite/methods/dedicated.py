@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from suite.costs import FP_BITS, conv_macs
-from suite.methods.common import calibrate, check_bit_list
+from suite.methods.common import calibrate, check_bit_list, parameters_named
 from suite.methods.storage import stored_bits
 from suite.models.base import BitSwitchable
 from suite.quant import activation_bounds, quantize_activation, quantize_weight, weight_bound
@@ -116,7 +116,7 @@ def build(arch: str, num_classes: int, bits: list[int], options: Options):
     return Trainable(
         model=model,
         bits=list(bits),
-        quantizer_params=[p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in BOUNDS],
+        quantizer_params=parameters_named(model, BOUNDS),
         loss_policy="none",
         initialize=lambda m, batches: calibrate(m, bits, batches),
     )

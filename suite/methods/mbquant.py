@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from suite.methods.common import calibrate, parameters_named
 from suite.quant import activation_bounds, quantize_activation, quantize_weight, weight_bound
 
 MAX_BITS = 8
@@ -158,6 +159,17 @@ def quantize_slots(
     return a, w
 
 
+def _add_branch_state(layer: nn.Module, branches: int) -> None:
+    """Learnable bounds per branch slot (weights [G]; activations [G, 7], column b-2) and the switch state."""
+    layer.w_lower = nn.Parameter(torch.zeros(branches))
+    layer.w_upper = nn.Parameter(torch.zeros(branches))
+    layer.a_lower = nn.Parameter(torch.zeros(branches, BN_SLOTS))
+    layer.a_upper = nn.Parameter(torch.zeros(branches, BN_SLOTS))
+    layer.active_bits = None
+    layer.calibrating = False  # set by ``calibrate``: the next forward initialises the bounds it uses
+    layer._slices = {}  # bit-width -> ConvSlices, computed once
+
+
 class MultiBranchConv(nn.Module):
     """G branches of a ``ci -> co`` conv in one weight ``[G*co, ci, k, k]`` (branch g = rows g*co..(g+1)*co).
 
@@ -177,13 +189,7 @@ class MultiBranchConv(nn.Module):
         self.release_quirks, self.reads_stem, self.conv_impl = release_quirks, reads_stem, conv_impl
         self.row_offset = row_offset  # None: the CIFAR code's rule (see ``conv_slices``); the ImageNet models pass "co"
         self.weight = nn.Parameter(torch.empty(branches * co, ci, kernel_size, kernel_size))
-        self.w_lower = nn.Parameter(torch.zeros(branches))
-        self.w_upper = nn.Parameter(torch.zeros(branches))
-        self.a_lower = nn.Parameter(torch.zeros(branches, BN_SLOTS))
-        self.a_upper = nn.Parameter(torch.zeros(branches, BN_SLOTS))
-        self.active_bits: int | None = None
-        self.calibrating = False  # set by ``calibrate``: the next forward initialises the bounds it uses
-        self._slices: dict[int, ConvSlices] = {}
+        _add_branch_state(self, branches)
 
     def slices(self, bits: int) -> ConvSlices:
         if bits not in self._slices:
@@ -264,13 +270,7 @@ class MultiBranchDepthwiseConv(nn.Module):
         self.partial_in, self.strategy = partial_in, strategy
         self.release_quirks, self.reads_stem = release_quirks, reads_stem
         self.weight = nn.Parameter(torch.empty(branches * c, 1, 3, 3))
-        self.w_lower = nn.Parameter(torch.zeros(branches))
-        self.w_upper = nn.Parameter(torch.zeros(branches))
-        self.a_lower = nn.Parameter(torch.zeros(branches, BN_SLOTS))
-        self.a_upper = nn.Parameter(torch.zeros(branches, BN_SLOTS))
-        self.active_bits: int | None = None
-        self.calibrating = False  # set by ``calibrate``: the next forward initialises the bounds it uses
-        self._slices: dict[int, ConvSlices] = {}
+        _add_branch_state(self, branches)
 
     def slices(self, bits: int) -> ConvSlices:
         if bits not in self._slices:
@@ -378,29 +378,6 @@ def check_bits(bits: list[int], options: Options) -> None:
             )
 
 
-@torch.no_grad()
-def calibrate(model: nn.Module, bits: list[int], batches: Iterable) -> None:
-    """Quantizer initialisation: one train-mode forward per bit-width, in the listed order, each on a new batch.
-
-    Every conv sets the bounds of the slots it uses from that forward's inputs and weights before quantizing,
-    so later layers calibrate on already-quantized activations; BN running statistics of that bit-width
-    (and the shared stem BN) update as in any train-mode forward.
-    """
-    convs = [m for m in model.modules() if isinstance(m, (MultiBranchConv, MultiBranchDepthwiseConv))]
-    model.train()
-    batches = iter(batches)
-    for b in bits:
-        x, _ = next(batches)
-        model.set_bits(b)
-        for conv in convs:
-            conv.calibrating = True
-        try:
-            model(x)
-        finally:
-            for conv in convs:
-                conv.calibrating = False
-
-
 def storage_bits(model: nn.Module) -> dict[str, int]:
     """Stored bits by component: all G branches at 2 bits per weight, FP32 for everything else.
 
@@ -426,7 +403,7 @@ def build(arch: str, num_classes: int, bits: list[int], options: Options):
     return Trainable(
         model=model,
         bits=list(bits),
-        quantizer_params=[p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in QUANTIZER_PARAMETERS],
+        quantizer_params=parameters_named(model, QUANTIZER_PARAMETERS),
         loss_policy=options.distillation,
         initialize=lambda m, batches: calibrate(m, bits, batches),
     )
