@@ -147,13 +147,14 @@ class ResolvedArm(BaseModel):
 
     @property
     def run_spec(self) -> dict:
-        """What determines a run's result (besides its seed): hashed into its identity."""
+        """What determines a run's result besides its seed (not which manifest or arm asks for it)."""
         c = self.config
-        return {"name": c.name, "version": c.version, "data": asdict(c.data), "model": c.model.model_dump(),
-                "method": c.method.model_dump(), "recipe": asdict(c.recipe)}
+        return {"data": asdict(c.data), "model": c.model.model_dump(), "method": c.method.model_dump(),
+                "recipe": asdict(c.recipe)}
 
     def run_key(self, seed: int) -> str:
-        return f"{self.config.name}/{self.name}/seed{seed}/{config_hash({**self.run_spec, 'seed': seed})}"
+        """A run's identity: identical configurations share it, across arms and manifests."""
+        return config_hash({**self.run_spec, "seed": seed})
 
 
 class LoadedManifest(BaseModel):
@@ -164,7 +165,8 @@ class LoadedManifest(BaseModel):
 
     @property
     def hash(self) -> str:
-        return config_hash([a.run_spec for a in self.arms] + [self.manifest.seeds])
+        m = self.manifest
+        return config_hash([m.name, m.version, [a.run_spec for a in self.arms], m.seeds])
 
     def resolved_yaml(self) -> str:
         return yaml.safe_dump(self.manifest.model_dump(mode="json"), sort_keys=False)

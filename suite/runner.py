@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import platform
-import re
 from dataclasses import asdict
 import tempfile
 from pathlib import Path
@@ -14,7 +13,7 @@ import yaml
 
 from suite.costs import measure_cost
 from suite.data import build_data, num_classes
-from suite.manifest import LoadedManifest, ResolvedArm, config_hash, flatten
+from suite.manifest import LoadedManifest, ResolvedArm, flatten
 from suite.methods import METHODS
 from suite.report import scale_label, training_curves_figure
 from suite.tracking import Tracker, git_state
@@ -80,20 +79,26 @@ def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = 
 
 def _run_one(tracker: Tracker, experiment: str, parent: str, loaded: LoadedManifest, arm: ResolvedArm, seed: int,
              tags: dict, results_dir: Path, progress: bool, echo) -> list[dict]:
-    cfg, key = arm.config, arm.run_key(seed)
-    previous = tracker.find(experiment, key)
-    if previous is not None and previous.info.status == "FINISHED":
-        echo(f"  {arm.name} seed {seed}: finished earlier (run {previous.info.run_id}), not run again")
-        tracker.set_tags(parent, {f"suite.reused.{arm.name}.seed{seed}": previous.info.run_id})
-        return _final_rows(arm, seed, previous.data.metrics)
-
+    cfg, key, name = arm.config, arm.run_key(seed), f"{arm.name} seed {seed}"
     run_tags = {**tags, "suite.arm": arm.name, "suite.seed": str(seed), "suite.method": cfg.method.name,
                 "suite.bits": ",".join(map(str, cfg.method.bits)), "suite.dataset": cfg.data.dataset,
                 "suite.model": cfg.model.arch}
-    run_id, reopened = tracker.start_child(experiment, parent, f"{arm.name} seed {seed}", key, run_tags,
+    # An identical configuration that finished anywhere (this manifest or another) is not trained again.
+    previous = tracker.find(key, status="FINISHED")
+    if previous is not None:
+        if previous.info.experiment_id == experiment:
+            echo(f"  {arm.name} seed {seed}: finished earlier (run {previous.info.run_id}), not run again")
+            tracker.set_tags(parent, {f"suite.reused.{arm.name}.seed{seed}": previous.info.run_id})
+        else:
+            tracker.record_reuse(previous, experiment, parent, name, run_tags)
+            echo(f"  {arm.name} seed {seed}: identical to run {previous.info.run_id} of "
+                 f"{previous.data.tags.get('suite.manifest')}, finished earlier: its results are reused")
+        return _final_rows(arm, seed, previous.data.metrics)
+
+    run_id, reopened = tracker.start_child(experiment, parent, name, key, run_tags,
                                            {**flatten(arm.run_spec), "seed": seed})
-    arm_dir = re.sub(r"[^A-Za-z0-9._-]+", "_", arm.name).strip("_")
-    run_dir = results_dir / "runs" / cfg.name / arm_dir / f"seed{seed}-{config_hash(arm.run_spec)}"
+    # Checkpoints are keyed by configuration, so a killed run resumes whichever manifest started it.
+    run_dir = results_dir / "runs" / f"{cfg.model.arch}-{cfg.method.name}" / f"{key}-seed{seed}"
     echo(f"  {arm.name} seed {seed}: {'resuming' if reopened else 'training'} (run {run_id})")
     try:
         seed_everything(seed)
@@ -125,8 +130,8 @@ def _run_one(tracker: Tracker, experiment: str, parent: str, loaded: LoadedManif
 def _measure_costs(tracker: Tracker, experiment: str, parent: str, arm: ResolvedArm, tags: dict, echo) -> list[dict]:
     """One tracked run per arm: stored bits and per-image MACs / BitOPs of the untrained model (they do not
     depend on the weights' values)."""
-    cfg, key = arm.config, "costs/" + arm.run_key(0)
-    previous = tracker.find(experiment, key)
+    cfg, key = arm.config, "costs-" + arm.run_key(0)
+    previous = tracker.find(key, experiment)
     if previous is not None and previous.info.status == "FINISHED":
         echo(f"  {arm.name}: measured earlier (run {previous.info.run_id}), not measured again")
         metrics = previous.data.metrics

@@ -61,13 +61,23 @@ class Tracker:
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
-    def find(self, experiment_id: str, run_key: str):
-        """The newest run with this key, or None."""
-        runs = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{TAG_KEY}` = '{run_key}'", order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
+    def find(self, run_key: str, experiment_id: str | None = None, status: str | None = None):
+        """The newest run with this key (in one experiment, or in any), optionally of one status; else None."""
+        ids = [experiment_id] if experiment_id else [e.experiment_id for e in self.client.search_experiments()]
+        query = f"tags.`{TAG_KEY}` = '{run_key}'" + (f" and attributes.status = '{status}'" if status else "")
+        runs = self.client.search_runs(ids, filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0] if runs else None
+
+    def record_reuse(self, previous, experiment_id: str, parent_id: str, name: str, tags: dict[str, str]) -> str:
+        """A finished run in this experiment that reports an identical run finished elsewhere (not re-run)."""
+        run = self.client.create_run(experiment_id, run_name=name, tags={
+            **tags, TAG_KIND: previous.data.tags[TAG_KIND], TAG_KEY: previous.data.tags[TAG_KEY],
+            PARENT_TAG: parent_id, "suite.reused_from": previous.info.run_id,
+        })
+        self.log_params(run.info.run_id, previous.data.params)
+        self.log_metrics(run.info.run_id, previous.data.metrics, 0)
+        self.finish(run.info.run_id)
+        return run.info.run_id
 
     def start_child(self, experiment_id: str, parent_id: str, name: str, run_key: str, tags: dict[str, str],
                     params: dict[str, Any], kind: str = "arm-run") -> tuple[str, bool]:
@@ -75,7 +85,7 @@ class Tracker:
 
         Returns (run_id, reopened).
         """
-        previous = self.find(experiment_id, run_key)
+        previous = self.find(run_key, experiment_id)
         if previous is not None and previous.info.status != "FINISHED":
             self.client.update_run(previous.info.run_id, status="RUNNING")
             self.client.set_tag(previous.info.run_id, "suite.resumed_by", parent_id)

@@ -87,3 +87,19 @@ def test_list_shows_the_shipped_manifests(capsys):
     assert main(["list", "--experiments", str(Path(MANIFEST).parent)]) == 0
     out = capsys.readouterr().out
     assert "table3_cifar100_resnet20_2468" in out and "Fig. 3" in out and "not yet checked" in out
+
+
+@pytest.mark.e2e
+def test_identical_run_of_another_manifest_is_reused_not_retrained(smoke_run, capsys):
+    fig3 = str(Path(MANIFEST).parent / "fig3_selection_x_distillation.yaml")
+    assert main(["run", fig3, "--profile", "smoke", "--results", str(smoke_run), *FAST]) == 0
+    assert "its results are reused" in capsys.readouterr().out  # amortization + in-place KD = table 3's mbquant
+    client = MlflowClient(tracking_uri(smoke_run))
+    exp = client.get_experiment_by_name("fig3_selection_x_distillation")
+    runs = client.search_runs([exp.experiment_id], "tags.`suite.kind` = 'arm-run'")
+    assert len(runs) == 4
+    reused = [r for r in runs if "suite.reused_from" in r.data.tags]
+    assert len(reused) == 1 and reused[0].data.tags["suite.arm"] == "amortization + in-place KD"
+    original = client.get_run(reused[0].data.tags["suite.reused_from"])
+    assert original.data.tags["suite.manifest"] == "table3_cifar100_resnet20_2468"
+    assert reused[0].data.metrics["final_top1_b4"] == original.data.metrics["final_top1_b4"]
