@@ -91,8 +91,8 @@ def _run_one(tracker: Tracker, experiment: str, parent: str, loaded: LoadedManif
             tracker.set_tags(parent, {f"suite.reused.{arm.name}.seed{seed}": previous.info.run_id})
         else:
             tracker.record_reuse(previous, experiment, parent, name, run_tags)
-            echo(f"  {arm.name} seed {seed}: identical to run {previous.info.run_id} of "
-                 f"{previous.data.tags.get('suite.manifest')}, finished earlier: its results are reused")
+            echo(f"  {arm.name} seed {seed}: identical to a run of {previous.data.tags.get('suite.manifest')} "
+                 f"that finished earlier (run {previous.info.run_id}): its results are reused")
         return _final_rows(arm, seed, previous.data.metrics)
 
     run_id, reopened = tracker.start_child(experiment, parent, name, key, run_tags,

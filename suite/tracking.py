@@ -72,7 +72,7 @@ class Tracker:
         """A finished run in this experiment that reports an identical run finished elsewhere (not re-run)."""
         run = self.client.create_run(experiment_id, run_name=name, tags={
             **tags, TAG_KIND: previous.data.tags[TAG_KIND], TAG_KEY: previous.data.tags[TAG_KEY],
-            PARENT_TAG: parent_id, "suite.reused_from": previous.info.run_id,
+            PARENT_TAG: parent_id, "suite.reused_from": previous.data.tags.get("suite.reused_from", previous.info.run_id),
         })
         self.log_params(run.info.run_id, previous.data.params)
         self.log_metrics(run.info.run_id, previous.data.metrics, 0)

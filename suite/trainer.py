@@ -17,7 +17,7 @@ import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_quant: float = 1e-4
+    no_weight_decay_on: list[Literal["bn", "depthwise"]] = field(default_factory=list)  # MobileNetV1's recipe
     steps_per_epoch: int | None = None  # cap on training steps per epoch (smoke profiles)
     eval_batch_size: int | None = None  # defaults to batch_size
     device: str = "auto"  # auto: CUDA when present, else CPU
@@ -136,6 +137,24 @@ def _save_atomically(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _weight_groups(model: nn.Module, quantizer_params: list[nn.Parameter], recipe: Recipe) -> list[dict]:
+    """SGD parameter groups: every non-quantizer parameter, without weight decay where the recipe says so
+    (BN affine parameters; depthwise conv weights, i.e. 4-D with one input channel per group)."""
+    quant_ids = {id(p) for p in quantizer_params}
+    exempt = set()
+    for m in model.modules():
+        if "bn" in recipe.no_weight_decay_on and isinstance(m, nn.modules.batchnorm._BatchNorm):
+            exempt |= {id(p) for p in m.parameters(recurse=False)}
+        weight = getattr(m, "weight", None)
+        if "depthwise" in recipe.no_weight_decay_on and isinstance(weight, nn.Parameter) and weight.dim() == 4 \
+                and weight.shape[1] == 1:
+            exempt.add(id(weight))
+    params = [p for p in model.parameters() if id(p) not in quant_ids]
+    groups = [{"params": [p for p in params if id(p) not in exempt]},
+              {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, bits: list[int], loader: Iterable, device: torch.device) -> dict[int, tuple[float, float]]:
     """Top-1 / top-5 accuracy (percent) at every bit-width, model in eval mode."""
@@ -204,9 +223,8 @@ def fit(
     device = resolve_device(recipe.device)
     model, bits = trainable.model.to(device), trainable.bits
     loss_fn = LOSS_POLICIES[trainable.loss_policy]
-    quant_ids = {id(p) for p in trainable.quantizer_params}
-    weights = [p for p in model.parameters() if id(p) not in quant_ids]
-    opt_w = torch.optim.SGD(weights, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    opt_w = torch.optim.SGD(_weight_groups(model, trainable.quantizer_params, recipe), lr=recipe.lr,
+                            momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     opt_q = torch.optim.Adam(trainable.quantizer_params, lr=recipe.lr_quant) if trainable.quantizer_params else None
     optimizers = [o for o in (opt_w, opt_q) if o is not None]
     schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=recipe.epochs, eta_min=0) for o in optimizers]

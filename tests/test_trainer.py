@@ -89,3 +89,19 @@ def test_killed_run_resumes_to_the_same_result_and_finished_run_is_not_rerun(tmp
                 log=lambda m, e: logged.append(e))
     assert again.already_finished and not logged and again.final == straight.final
     assert json.loads((tmp_path / "b" / "result.json").read_text())["best_epoch"] == straight.best_epoch
+
+
+def test_weight_decay_exemptions_follow_the_recipe():
+    from suite.trainer import _weight_groups
+
+    t = mbquant.build("mobilenetv1", 10, [2, 4], mbquant.Options())
+    plain = _weight_groups(t.model, t.quantizer_params, Recipe())
+    assert len(plain) == 1  # every weight decays (the ResNet recipes)
+    groups = _weight_groups(t.model, t.quantizer_params, Recipe(no_weight_decay_on=["bn", "depthwise"]))
+    exempt = {id(p) for p in groups[1]["params"]}
+    assert groups[1]["weight_decay"] == 0.0
+    dw = t.model.stage_1_layer_0.body[0].weight
+    assert id(dw) in exempt and id(t.model.stage_1_layer_0.body[3].weight) not in exempt
+    assert id(t.model.head[1].weight) in exempt and id(t.model.classifier.bias) not in exempt
+    quant = {id(p) for p in t.quantizer_params}
+    assert not quant & {id(p) for g in groups for p in g["params"]}
