@@ -2,7 +2,7 @@
 
 A released checkpoint is a ``torch.save``d dict ``{epoch, arch, state_dict, acc1, best_acc1, optimizer_m,
 optimizer_q, scheduler_m, scheduler_q}`` whose state-dict keys carry a ``module.`` prefix when it was saved
-under DDP (../shared/spec/reference-checkpoint.md). The suite's MBQuant models mirror the release's module paths,
+under DDP (docs/spec/reference-checkpoint.md). The suite's MBQuant models mirror the release's module paths,
 so the mapping between the two state dicts is generic over module paths and is built from the suite model itself
 (``release_layout``), one entry per release key, in the release's own key order:
 

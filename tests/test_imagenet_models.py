@@ -21,7 +21,7 @@ from suite.models.mbquant_mobilenet import MV1_PARTIAL_OUT, load_pretrained_fp, 
 from suite.models.mbquant_resnet_imagenet import channel_shuffle
 from suite.quant import quantize_activation, quantize_weight
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared/spec/reference-checkpoint"
+REFERENCE = Path(__file__).resolve().parent / "reference"
 SETTINGS = {"2468": ([2, 4, 6, 8], "amortization"), "234": ([2, 3, 4], "serial")}
 RELEASE_QUANTIZER_FIELDS = ("uW", "lW", "uA", "lA", "output_scale", "bkwd_scaling_factorW", "bkwd_scaling_factorA",
                             "init")

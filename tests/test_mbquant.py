@@ -12,7 +12,7 @@ from suite.methods.mbquant import MultiBranchConv, active_branches, calibrate
 from suite.models import create_model
 from suite.quant import HALF_NORMAL_STD, discretize, quantize_activation, quantize_weight
 
-SELECTION_ORACLE = Path(__file__).resolve().parents[2] / "shared/spec/reference-checkpoint/cifar_resnet20_selection.json"
+SELECTION_ORACLE = Path(__file__).resolve().parent / "reference" / "cifar_resnet20_selection.json"
 SETTINGS = {"2-4-6-8 (amortization)": ([2, 4, 6, 8], "amortization"), "2-3-4 (serial)": ([2, 3, 4], "serial")}
 
 

@@ -2,12 +2,12 @@
 
 A b-bit forward runs b/2 branches with 2-bit weights and b-bit input activations, so it costs
 (b/2) * 2 * b = b*b BitOPs per MAC: exactly one b-bit network. The whole file follows
-../shared/spec/mbquant.md; by default it reproduces the authors' released implementation, quirks included
+docs/spec/mbquant.md; by default it reproduces the authors' released implementation, quirks included
 (``variant: release``), and ``variant: clean`` aligns them (see ``ConvSlices`` and the calibration below).
 
 Reading order: the branch-selection rule (``first_branch``, ``conv_slices``, ``depthwise_slices``), the layers
 built on it (``MultiBranchConv``, ``MultiBranchDepthwiseConv`` for MobileNetV1, ``SwitchableBatchNorm``), then the
-method's entry point ``build``. The ImageNet models (../shared/spec/imagenet-models.md) use the same layers.
+method's entry point ``build``. The ImageNet models (docs/spec/imagenet-models.md) use the same layers.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MBQuant's multi-branch MobileNetV1, as in ../shared/spec/imagenet-models.md §1, §2, §6.
+"""MBQuant's multi-branch MobileNetV1, as in docs/spec/imagenet-models.md §1, §2, §6.
 
 A full-precision head (3x3 stride-2 conv 32, one BN shared by all bit-widths, ReLU) tiled G times, then 13
 depthwise-separable blocks ``stage_{s}_layer_{i}``, each ``body = [dw MultiBranchDepthwiseConv (b-bit weights),

@@ -1,4 +1,4 @@
-"""MBQuant's multi-branch CIFAR ResNets (ResNet-20, ResNet-8), as in ../shared/spec/mbquant.md §1, §3-§5.
+"""MBQuant's multi-branch CIFAR ResNets (ResNet-20, ResNet-8), as in docs/spec/mbquant.md §1, §3-§5.
 
 Stem and classifier are full precision and shared by all bit-widths; every body conv, shortcut 1x1 convs
 included, is a ``MultiBranchConv``; every body BN a ``SwitchableBatchNorm``. Stored branch k reads its own

@@ -1,4 +1,4 @@
-"""MBQuant's multi-branch ImageNet ResNets (ResNet-18, ResNet-34), as in ../shared/spec/imagenet-models.md §1-§5.
+"""MBQuant's multi-branch ImageNet ResNets (ResNet-18, ResNet-34), as in docs/spec/imagenet-models.md §1-§5.
 
 Differences from the CIFAR model (mbquant_resnet_cifar.py), all as released:
 - a 64-channel full-precision stem (7x7 stride-2 conv, **one** BN shared by all bit-widths, ReLU, max-pool)

@@ -1,7 +1,7 @@
 """Speed of MBQuant's joint training step (pytest-benchmark; skipped in the normal test run).
 
 Run: tox -e bench   (or: pytest tests/benchmarks --benchmark-only)
-Goal (../shared/perf-notes.md): the 2-4-6-8 joint step of ResNet-20 should approach the equal-FLOP limit of
+Goal: the 2-4-6-8 joint step of ResNet-20 should approach the equal-FLOP limit of
 ten single-width full-precision passes; the FP32 single-width step is measured beside it for that ratio.
 """
 import pytest
