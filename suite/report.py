@@ -318,7 +318,9 @@ def _table_page(rows: pd.DataFrame, heading: str, note: str, part: str) -> Figur
     cells = format_summary(rows)
     ax = fig.add_axes((0.04, 0.08, 0.92, 0.80))
     ax.axis("off")
-    table = ax.table(cellText=cells.values, colLabels=list(cells.columns), loc="upper center", cellLoc="center")
+    n = len(cells.columns)  # the arm column is the widest: arm names are free text
+    table = ax.table(cellText=cells.values, colLabels=list(cells.columns), loc="upper center", cellLoc="center",
+                     colWidths=[0.2] + [0.8 / (n - 1)] * (n - 1))
     table.auto_set_font_size(False)
     table.set_fontsize(9)
     table.scale(1, 1.35)
