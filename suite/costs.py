@@ -20,6 +20,14 @@ def conv_macs(out: torch.Tensor, weight_shape) -> int:
     return out[0].numel() * weight_shape[1] * weight_shape[2] * weight_shape[3]
 
 
+class SameBitsCost:
+    """Mixin for a quantized conv whose weights and input activations are both at ``active_bits``."""
+
+    def macs_and_bitops(self, out: torch.Tensor) -> tuple[int, int]:
+        macs = conv_macs(out, self.weight.shape)
+        return macs, self.active_bits * self.active_bits * macs
+
+
 @dataclass
 class Cost:
     quantized_macs: int

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from suite.costs import FP_BITS, conv_macs
+from suite.costs import FP_BITS, SameBitsCost
 from suite.methods.common import PerBitBatchNorm, calibrate, check_bit_list
 from suite.methods.storage import stored_bits
 from suite.quant import activation_bounds, discretize
@@ -79,7 +79,7 @@ def nested_grid(x: torch.Tensor, bits: int, grid: str) -> torch.Tensor:
     return _NestedGridSTE.apply(x, bits, grid == "centered")
 
 
-class AdaBitsConv(nn.Conv2d):
+class AdaBitsConv(SameBitsCost, nn.Conv2d):
     """Conv with nested-grid weights and PACT activations with one clipping level per bit-width."""
 
     def __init__(self, ci: int, co: int, kernel_size: int, stride: int = 1, padding: int = 0, *,
@@ -109,10 +109,6 @@ class AdaBitsConv(nn.Conv2d):
             x = F.relu(x)
             x = discretize(torch.where(x < alpha, x, alpha) / alpha, 2**b) * alpha
         return self._conv_forward(x, self.quantized_weight(), None)
-
-    def macs_and_bitops(self, out: torch.Tensor) -> tuple[int, int]:
-        macs = conv_macs(out, self.weight.shape)
-        return macs, self.active_bits * self.active_bits * macs
 
 
 @dataclass

@@ -37,7 +37,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from suite.costs import FP_BITS, conv_macs
+from suite.costs import FP_BITS, SameBitsCost
 from suite.methods.common import PerBitBatchNorm, check_bit_list
 from suite.methods.storage import stored_bits
 from suite.quant import discretize
@@ -45,7 +45,7 @@ from suite.quant import discretize
 POLICIES = {"recursive": "recursive", "hard": "none", "soft": "inplace"}
 
 
-class DoReFaConv(nn.Conv2d):
+class DoReFaConv(SameBitsCost, nn.Conv2d):
     """Conv with DoReFa weights (mean-|w| scale) and ``clamp(x, 0, 1)`` activations at ``active_bits``."""
 
     def __init__(self, ci: int, co: int, kernel_size: int, stride: int = 1, padding: int = 0):
@@ -65,10 +65,6 @@ class DoReFaConv(nn.Conv2d):
         if self.active_bits != FP_BITS:
             x = discretize(torch.clamp(x, 0, 1), 2**self.active_bits)
         return self._conv_forward(x, self.quantized_weight(), None)
-
-    def macs_and_bitops(self, out: torch.Tensor) -> tuple[int, int]:
-        macs = conv_macs(out, self.weight.shape)
-        return macs, self.active_bits * self.active_bits * macs
 
 
 @dataclass

@@ -80,7 +80,7 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
-from suite.costs import FP_BITS
+from suite.costs import FP_BITS, SameBitsCost
 from suite.methods.common import calibrate, check_bit_list, parameters_named
 from suite.models.base import BitSwitchable
 from suite.quant import discretize
@@ -130,7 +130,7 @@ def lsq_init(v: torch.Tensor, qp: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 
 
-class BitMixerConv(nn.Conv2d):
+class BitMixerConv(SameBitsCost, nn.Conv2d):
     """A conv whose weights and input activations are quantized at ``active_bits`` (its own bit-width).
 
     Shared latent FP weights; one LSQ weight step and one activation step per quantized bit-width of the list
@@ -178,11 +178,6 @@ class BitMixerConv(nn.Conv2d):
         if i not in self._known_initialized and bool(self.a_step[i] != 0):
             self._known_initialized.add(i)
         return i in self._known_initialized
-
-    def macs_and_bitops(self, out: torch.Tensor) -> tuple[int, int]:
-        """One image: MACs of the conv, BitOPs at ``active_bits`` weights x ``active_bits`` activations."""
-        macs = out[0].numel() * self.weight.shape[1] * self.weight.shape[2] * self.weight.shape[3]
-        return macs, macs * self.active_bits * self.active_bits
 
 
 def transition_key(previous: int, current: int) -> str:

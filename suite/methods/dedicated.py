@@ -27,7 +27,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from suite.costs import FP_BITS, conv_macs
+from suite.costs import FP_BITS, SameBitsCost
 from suite.methods.common import calibrate, check_bit_list, parameters_named
 from suite.methods.storage import stored_bits
 from suite.models.base import BitSwitchable
@@ -36,7 +36,7 @@ from suite.quant import activation_bounds, quantize_activation, quantize_weight,
 BOUNDS = ("w_lower", "w_upper", "a_lower", "a_upper")
 
 
-class LearnedBoundsConv(nn.Conv2d):
+class LearnedBoundsConv(SameBitsCost, nn.Conv2d):
     """A conv at one fixed bit-width: b-bit weights and b-bit input activations, learnable bounds each.
 
     ``active_bits`` is this conv's model's bit-width and never changes (the wrapper routes, it does not
@@ -61,10 +61,6 @@ class LearnedBoundsConv(nn.Conv2d):
             self.w_upper.copy_(weight_bound(self.weight)), self.w_lower.copy_(-weight_bound(self.weight))
         w = quantize_weight(self.weight, self.w_lower, self.w_upper, levels=2**b)
         return self._conv_forward(quantize_activation(x, self.a_lower, self.a_upper, b), w, None)
-
-    def macs_and_bitops(self, out: torch.Tensor) -> tuple[int, int]:
-        macs = conv_macs(out, self.weight.shape)
-        return macs, self.active_bits * self.active_bits * macs
 
 
 class DedicatedModels(BitSwitchable):
