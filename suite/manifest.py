@@ -78,6 +78,9 @@ class Manifest(_Strict):
     method: MethodSpec
     recipe: Recipe
     seeds: list[int] = Field(min_length=1)
+    analyses: list[Literal["quant_error"]] = Field(
+        default_factory=list, description="measurements on each trained model (its best checkpoint), logged to "
+        "the run; quant_error: weight / activation switching error per layer and bit-width")
     arms: list[Arm] = Field(default_factory=list)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     tolerance: float | None = Field(None, description="top-1 points within which a reproduction agrees with the paper")

@@ -236,6 +236,32 @@ def storage_figure(runs: pd.DataFrame) -> Figure:
     return fig
 
 
+QERR_PANELS = {"qerr_weight": "weight switching error", "qerr_act": "activation switching error (same input)",
+               "qerr_drift": "accumulated drift of layer outputs", "qerr_logits": "drift of the logits"}
+
+
+def has_quant_error(runs: pd.DataFrame) -> bool:
+    return "qerr_weight" in runs and runs["qerr_weight"].notna().any()
+
+
+def quant_error_figure(runs: pd.DataFrame) -> Figure:
+    """Mean relative error per layer vs the largest bit-width, per arm: what switching bit-width costs."""
+    label = scale_label(_one(runs, "profile"))
+    fig = _new_figure(PAGE_SIZE)
+    axes = fig.subplots(2, 2).ravel()
+    for ax, (column, title) in zip(axes, QERR_PANELS.items()):
+        data = runs.dropna(subset=[column])
+        sns.lineplot(data=data, x="bits", y=column, hue="arm", marker="o", errorbar="sd", ax=ax,
+                     legend=ax is axes[0])
+        ax.set_xticks(sorted(data["bits"].unique()) if not data.empty else [])
+        ax.set(title=title, xlabel="bit-width (compared with the largest)", ylabel="relative L2 error")
+        ax.grid(alpha=0.3)
+    fig.suptitle(_section_heading(runs) + "\nquantization error when switching bit-width" +
+                 (f" — {label}" if label else ""), fontsize=10)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.86, bottom=0.08, hspace=0.35, wspace=0.2)
+    return fig
+
+
 def _png_name(manifest: str, profile: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{manifest}__{profile}") + ".png"
 
@@ -388,7 +414,8 @@ def write_report(
         rows = summary[(summary["manifest"] == m) & (summary["profile"] == p)]
         chunks[m, p] = [rows.iloc[i:i + TABLE_ROWS_PER_PAGE] for i in range(0, len(rows), TABLE_ROWS_PER_PAGE)]
     storage_pages = {(m, p): has_storage(rows) for m, p, rows in sections}
-    total = 1 + sum(1 + storage_pages[k] + len(c) for k, c in chunks.items()) + len(cost_sections)
+    qerr_pages = {(m, p): has_quant_error(rows) for m, p, rows in sections}
+    total = 1 + sum(1 + storage_pages[k] + qerr_pages[k] + len(c) for k, c in chunks.items()) + len(cost_sections)
 
     out_pdf.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_pdf.with_name(f".{out_pdf.name}.{os.getpid()}.tmp")
@@ -409,6 +436,13 @@ def write_report(
                     fig = storage_figure(rows)
                     if figures_dir is not None:
                         _save_png(fig, Path(figures_dir), m, f"{p}__storage")
+                    page += 1
+                    _stamp(fig, p, page, total)
+                    pdf.savefig(fig)
+                if qerr_pages[m, p]:
+                    fig = quant_error_figure(rows)
+                    if figures_dir is not None:
+                        _save_png(fig, Path(figures_dir), m, f"{p}__quant_error")
                     page += 1
                     _stamp(fig, p, page, total)
                     pdf.savefig(fig)

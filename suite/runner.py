@@ -83,22 +83,24 @@ def _run_one(tracker: Tracker, experiment: str, parent: str, loaded: LoadedManif
     run_tags = {**tags, "suite.arm": arm.name, "suite.seed": str(seed), "suite.method": cfg.method.name,
                 "suite.bits": ",".join(map(str, cfg.method.bits)), "suite.dataset": cfg.data.dataset,
                 "suite.model": cfg.model.arch}
+    # Checkpoints are keyed by configuration, so a killed run resumes whichever manifest started it.
+    run_dir = results_dir / "runs" / f"{cfg.model.arch}-{cfg.method.name}" / f"{key}-seed{seed}"
     # An identical configuration that finished anywhere (this manifest or another) is not trained again.
     previous = tracker.find(key, status="FINISHED")
     if previous is not None:
+        record = previous.info.run_id
         if previous.info.experiment_id == experiment:
-            echo(f"  {arm.name} seed {seed}: finished earlier (run {previous.info.run_id}), not run again")
-            tracker.set_tags(parent, {f"suite.reused.{arm.name}.seed{seed}": previous.info.run_id})
+            echo(f"  {arm.name} seed {seed}: finished earlier (run {record}), not run again")
+            tracker.set_tags(parent, {f"suite.reused.{arm.name}.seed{seed}": record})
         else:
-            tracker.record_reuse(previous, experiment, parent, name, run_tags)
+            record = tracker.record_reuse(previous, experiment, parent, name, run_tags)
             echo(f"  {arm.name} seed {seed}: identical to a run of {previous.data.tags.get('suite.manifest')} "
                  f"that finished earlier (run {previous.info.run_id}): its results are reused")
+        _run_analyses(tracker, record, previous.data.metrics, arm, seed, run_dir, echo)
         return _final_rows(arm, seed, previous.data.metrics)
 
     run_id, reopened = tracker.start_child(experiment, parent, name, key, run_tags,
                                            {**flatten(arm.run_spec), "seed": seed})
-    # Checkpoints are keyed by configuration, so a killed run resumes whichever manifest started it.
-    run_dir = results_dir / "runs" / f"{cfg.model.arch}-{cfg.method.name}" / f"{key}-seed{seed}"
     echo(f"  {arm.name} seed {seed}: {'resuming' if reopened else 'training'} (run {run_id})")
     try:
         seed_everything(seed)
@@ -124,7 +126,34 @@ def _run_one(tracker: Tracker, experiment: str, parent: str, loaded: LoadedManif
         tracker.finish(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     echo("    " + "  ".join(f"{b}-bit {t1:.2f}%" for b, (t1, _) in sorted(result.final.items())))
+    _run_analyses(tracker, run_id, final, arm, seed, run_dir, echo)
     return _final_rows(arm, seed, final)
+
+
+def _run_analyses(tracker: Tracker, run_id: str, metrics: dict, arm: ResolvedArm, seed: int, run_dir: Path,
+                  echo) -> None:
+    """The manifest's ``analyses`` on the run's best checkpoint, logged to the run (once)."""
+    cfg = arm.config
+    if "quant_error" not in cfg.analyses or any(k.startswith("qerr_") for k in metrics):
+        return
+    from suite.quant_error import measure_switching_error, summarize
+
+    checkpoint = next((p for p in (run_dir / "best.pt", run_dir / "last.pt") if p.exists()), None)
+    if checkpoint is None:
+        echo(f"    quant_error: no checkpoint under {run_dir}; analysis not run")
+        return
+    data = build_data(cfg.data, cfg.recipe.batch_size, seed, cfg.recipe.eval_batch_size)
+    method = METHODS[cfg.method.name]
+    model = method.build(cfg.model.arch, data.num_classes, cfg.method.bits, method.Options(**cfg.method.options)).model
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
+    x, _ = next(iter(data.val))  # the first validation batch: deterministic, no augmentation
+    table = measure_switching_error(model, cfg.method.bits, x)
+    tracker.log_metrics(run_id, summarize(table), 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "quant_error.csv"
+        table.to_csv(path, index=False)
+        tracker.log_artifact(run_id, path)
+    echo(f"    quant_error: {len(table)} rows logged ({checkpoint.name})")
 
 
 def _measure_costs(tracker: Tracker, experiment: str, parent: str, arm: ResolvedArm, tags: dict, echo) -> list[dict]:

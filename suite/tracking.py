@@ -134,9 +134,10 @@ def _finished_runs(results_dir: Path, kind: str) -> list:
     )
 
 
+QERR_KINDS = ("weight", "act", "drift", "logits")  # per-bit means of the quant_error analysis
 RUN_COLUMNS = ["manifest", "manifest_version", "title", "paper_ref", "paper_verified", "profile", "arm", "method",
                "seed", "bits", "top1", "top5", "dataset", "model", "run_id", "manifest_hash", "setup",
-               "tolerance", "storage_mib", "bitops"]
+               "tolerance", "storage_mib", "bitops"] + [f"qerr_{k}" for k in QERR_KINDS]
 
 
 def load_runs(results_dir: Path) -> pd.DataFrame:
@@ -156,6 +157,7 @@ def load_runs(results_dir: Path) -> pd.DataFrame:
                 "arm": t["suite.arm"], "method": t["suite.method"], "seed": int(t["suite.seed"]), "bits": b,
                 "top1": m.get(f"final_top1_b{b}"), "top5": m.get(f"final_top5_b{b}"),
                 "storage_mib": m.get("storage_mib"), "bitops": m.get(f"bitops_b{b}"),
+                **{f"qerr_{k}": m.get(f"qerr_{k}_b{b}") for k in QERR_KINDS},
                 "dataset": t["suite.dataset"], "model": t["suite.model"], "run_id": run.info.run_id,
                 "manifest_hash": t["suite.manifest_hash"], "setup": t.get("suite.setup"),
                 "tolerance": float(t["suite.tolerance"]) if t.get("suite.tolerance") else float("nan"),

@@ -103,3 +103,21 @@ def test_identical_run_of_another_manifest_is_reused_not_retrained(smoke_run, ca
     original = client.get_run(reused[0].data.tags["suite.reused_from"])
     assert original.data.tags["suite.manifest"] == "table3_cifar100_resnet20_2468"
     assert reused[0].data.metrics["final_top1_b4"] == original.data.metrics["final_top1_b4"]
+
+
+@pytest.mark.e2e
+def test_quant_error_analysis_runs_on_reused_and_new_checkpoints(smoke_run, tmp_path, capsys):
+    table7 = str(Path(MANIFEST).parent / "table7_quantization_error.yaml")
+    assert main(["run", table7, "--profile", "smoke", "--results", str(smoke_run), *FAST]) == 0
+    client = MlflowClient(tracking_uri(smoke_run))
+    exp = client.get_experiment_by_name("table7_quantization_error")
+    runs = client.search_runs([exp.experiment_id], "tags.`suite.kind` = 'arm-run'")
+    assert {r.data.tags["suite.arm"] for r in runs} == {"mbquant", "mbquant clean", "anyprecision", "adabits"}
+    for run in runs:
+        assert 0 <= run.data.metrics["qerr_logits_b2"] < float("inf")
+        assert "quant_error.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    clean = next(r for r in runs if r.data.tags["suite.arm"] == "mbquant clean")
+    assert clean.data.metrics["qerr_weight_b4"] == 0  # branch-indexed bounds: fixed 2-bit weights
+    out = tmp_path / "report.pdf"
+    assert main(["report", "--results", str(smoke_run), "--out", str(out)]) == 0
+    assert (tmp_path / "figures" / "table7_quantization_error__smoke__quant_error.png").exists()
