@@ -154,20 +154,11 @@ def _at_bits(layer, bits: int, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
 def _single_quantizers(layer) -> tuple[Callable, Callable]:
     """(weight(b), act(x, b)) of one single-branch quantized conv, using its own quantizers."""
     from suite.methods import adabits, anyprecision, bitmixer, dedicated
-    from suite.quant import discretize, quantize_activation, quantize_weight
+    from suite.quant import quantize_activation, quantize_weight
 
-    if isinstance(layer, anyprecision.DoReFaConv):
-        def act(x, b):
-            return x if b == FP_BITS else discretize(torch.clamp(x, 0, 1), 2**b)
-        return (lambda b: _at_bits(layer, b, layer.quantized_weight)), act
-    if isinstance(layer, adabits.AdaBitsConv):
-        def act(x, b):
-            if b == FP_BITS:
-                return x
-            alpha = layer.alpha[str(b)].abs()
-            x = torch.relu(x)
-            return discretize(torch.where(x < alpha, x, alpha) / alpha, 2**b) * alpha
-        return (lambda b: _at_bits(layer, b, layer.quantized_weight)), act
+    if isinstance(layer, (anyprecision.DoReFaConv, adabits.AdaBitsConv)):
+        return ((lambda b: _at_bits(layer, b, layer.quantized_weight)),
+                (lambda x, b: _at_bits(layer, b, lambda: layer.quantized_input(x))))
     if isinstance(layer, bitmixer.BitMixerConv):
         def weight(b):
             if b == FP_BITS:

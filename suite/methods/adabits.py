@@ -100,15 +100,19 @@ class AdaBitsConv(SameBitsCost, nn.Conv2d):
         fan_out = self.out_channels * self.kernel_size[0] * self.kernel_size[1]
         return q * (1 / math.sqrt(fan_out) / q.detach().std())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        """PACT at ``active_bits``: ``clip(relu(x), 0, alpha_b)`` on 2^b levels, scaled back by alpha_b."""
         b = self.active_bits
-        if b != FP_BITS:
-            if self.calibrating:
-                self.alpha[str(b)].copy_(activation_bounds(x)[1])
-            alpha = self.alpha[str(b)].abs()
-            x = F.relu(x)
-            x = discretize(torch.where(x < alpha, x, alpha) / alpha, 2**b) * alpha
-        return self._conv_forward(x, self.quantized_weight(), None)
+        if b == FP_BITS:
+            return x
+        alpha = self.alpha[str(b)].abs()
+        x = F.relu(x)
+        return discretize(torch.where(x < alpha, x, alpha) / alpha, 2**b) * alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating and self.active_bits != FP_BITS:
+            self.alpha[str(self.active_bits)].copy_(activation_bounds(x)[1])
+        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), None)
 
 
 @dataclass

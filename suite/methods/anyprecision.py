@@ -61,10 +61,12 @@ class DoReFaConv(SameBitsCost, nn.Conv2d):
         t = t / 2 / t.abs().max() + 0.5
         return (2 * discretize(t, 2**self.active_bits) - 1) * scale
 
+    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input this conv multiplies with at ``active_bits``: ``clamp(x, 0, 1)`` on 2^b levels."""
+        return x if self.active_bits == FP_BITS else discretize(torch.clamp(x, 0, 1), 2**self.active_bits)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.active_bits != FP_BITS:
-            x = discretize(torch.clamp(x, 0, 1), 2**self.active_bits)
-        return self._conv_forward(x, self.quantized_weight(), None)
+        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), None)
 
 
 @dataclass
