@@ -426,23 +426,14 @@ def write_report(
             _stamp(fig, None, page, total)
             pdf.savefig(fig)
             for m, p, rows in sections:
-                fig = accuracy_figure(rows)
-                if figures_dir is not None:
-                    _save_png(fig, Path(figures_dir), m, p)  # before the footer: the PNG stands alone
-                page += 1
-                _stamp(fig, p, page, total)
-                pdf.savefig(fig)
-                if storage_pages[m, p]:
-                    fig = storage_figure(rows)
+                # Figure pages of the section: (figure, PNG suffix); optional ones only where the data exists.
+                figures = [(accuracy_figure, "")]
+                figures += [(storage_figure, "__storage")] if storage_pages[m, p] else []
+                figures += [(quant_error_figure, "__quant_error")] if qerr_pages[m, p] else []
+                for draw, suffix in figures:
+                    fig = draw(rows)
                     if figures_dir is not None:
-                        _save_png(fig, Path(figures_dir), m, f"{p}__storage")
-                    page += 1
-                    _stamp(fig, p, page, total)
-                    pdf.savefig(fig)
-                if qerr_pages[m, p]:
-                    fig = quant_error_figure(rows)
-                    if figures_dir is not None:
-                        _save_png(fig, Path(figures_dir), m, f"{p}__quant_error")
+                        _save_png(fig, Path(figures_dir), m, p + suffix)  # before the footer: the PNG stands alone
                     page += 1
                     _stamp(fig, p, page, total)
                     pdf.savefig(fig)
