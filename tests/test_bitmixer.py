@@ -239,7 +239,7 @@ def test_check_bits():
     for bad in ([], [1, 2], [2, 9], [2, 16], [2, 2]):
         with pytest.raises(ValueError):
             bm.check_bits(bad, options)
-    with pytest.raises(ValueError):
+    with pytest.raises(KeyError, match="unknown model 'resnet56'"):
         bm.build("resnet56", 10, [2, 4], options)
 
 

@@ -82,9 +82,9 @@ def nested_grid(x: torch.Tensor, bits: int, grid: str) -> torch.Tensor:
 class AdaBitsConv(SameBitsCost, nn.Conv2d):
     """Conv with nested-grid weights and PACT activations with one clipping level per bit-width."""
 
-    def __init__(self, ci: int, co: int, kernel_size: int, stride: int = 1, padding: int = 0, *,
+    def __init__(self, ci: int, co: int, kernel_size: int, stride: int = 1, padding: int = 0, groups: int = 1, *,
                  bits: list[int], grid: str, alpha_init: float | str):
-        super().__init__(ci, co, kernel_size, stride, padding, bias=False)
+        super().__init__(ci, co, kernel_size, stride, padding, groups=groups, bias=False)
         self.grid = grid
         start = 1.0 if alpha_init == "calibrate" else float(alpha_init)  # "calibrate" overwrites it
         self.alpha = nn.ParameterDict({str(b): nn.Parameter(torch.tensor(start)) for b in bits if b != FP_BITS})
@@ -97,7 +97,8 @@ class AdaBitsConv(SameBitsCost, nn.Conv2d):
         q = t / t.abs().max()
         if self.active_bits != FP_BITS:
             q = 2 * nested_grid((q + 1) / 2, self.active_bits, self.grid) - 1
-        fan_out = self.out_channels * self.kernel_size[0] * self.kernel_size[1]
+        # He et al.'s fan-out (connections per input element): a depthwise conv has k*k of them, not co*k*k.
+        fan_out = self.out_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         return q * (1 / math.sqrt(fan_out) / q.detach().std())
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:

@@ -48,8 +48,8 @@ POLICIES = {"recursive": "recursive", "hard": "none", "soft": "inplace"}
 class DoReFaConv(SameBitsCost, nn.Conv2d):
     """Conv with DoReFa weights (mean-|w| scale) and ``clamp(x, 0, 1)`` activations at ``active_bits``."""
 
-    def __init__(self, ci: int, co: int, kernel_size: int, stride: int = 1, padding: int = 0):
-        super().__init__(ci, co, kernel_size, stride, padding, bias=False)
+    def __init__(self, ci: int, co: int, kernel_size: int, stride: int = 1, padding: int = 0, groups: int = 1):
+        super().__init__(ci, co, kernel_size, stride, padding, groups=groups, bias=False)
         self.active_bits: int | None = None
 
     def quantized_weight(self) -> torch.Tensor:

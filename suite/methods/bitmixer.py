@@ -10,8 +10,9 @@ confirm "transitional Batch-Norms" and "a 3-stage optimization: an intermediate 
 stages, then a third stage that progressively enables random layer-wise bit-widths"). Every choice made where
 the paper is silent, unknown or does not fit the suite's shared trainer:
 
-1. Model: the suite's single-branch CIFAR ResNet (``suite.models.resnet_cifar``) with FP stem conv + BN and FP
-   classifier (suite convention, baselines.md). Every body conv, including the 1x1 stride-2 shortcut convs, is a
+1. Model: the suite's single-branch ResNets (``suite.models.resnet``: ResNet-20/8, ResNet-18/34) or MobileNetV1
+   (``suite.models.mobilenet``) with FP stem conv + BN and FP classifier (suite convention, baselines.md). Every
+   body conv, including the 1x1 stride-2 shortcut convs and MobileNetV1's depthwise convs, is a
    ``BitMixerConv``; every body BN is a ``TransitionalBatchNorm``. The model is wrapped in ``BitMixerNet`` (state
    dict keys prefixed ``net.``), which owns the bit-width logic.
 2. A layer's bit-width ``b_i`` applies to both its weights and its input activations (one number per layer);
@@ -36,9 +37,11 @@ the paper is silent, unknown or does not fit the suite's shared trainer:
    the list (|B|^2 entries, key ``"{p}to{c}"``) and uses (p, c) = (bit-width of the *previous* quantized layer,
    bit-width of conv i). At a uniform bit-width b it is (b, b). "Previous" follows the dataflow of the main path:
    for a block's conv2 it is the block's conv1; for a block's conv1 *and* its shortcut conv it is the conv2 of the
-   preceding block (the last conv whose output reached the block input). The first quantized conv reads the FP
-   stem, whose output never changes bit-width, so its BN is indexed by its own bit-width only: key (b, b), and only
-   the |B| diagonal entries are stored (the off-diagonal ones are removed at construction).
+   preceding block (the last conv whose output reached the block input); in MobileNetV1 the pointwise conv
+   follows its block's depthwise conv, which follows the previous block's pointwise conv (``dataflow``). The
+   first quantized conv reads the FP stem, whose output never changes bit-width, so its BN is indexed by its own
+   bit-width only: key (b, b), and only the |B| diagonal entries are stored (the off-diagonal ones are removed
+   at construction).
 7. Three stages over the epochs, fractions ``Options.stages`` (default thirds; stage ends at
    round(cumulative fraction * epochs)), driven by the trainer's ``on_epoch_start(epoch, epochs)``:
    stage 1 network-wide (uniform) bit-widths with *full-precision weights* in training (activations quantized;
@@ -75,6 +78,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, Sequence
 
 import torch
@@ -87,7 +91,6 @@ from suite.quant import discretize
 
 QUANT_BITS = range(2, 9)  # quantized bit-widths this module serves; FP_BITS (32) means a full-precision layer
 STEP_FLOOR = 1e-8
-ARCHS = ("resnet20", "resnet8")
 
 # ----------------------------------------------------------------------------------------------------------
 # LSQ quantizer
@@ -138,8 +141,9 @@ class BitMixerConv(SameBitsCost, nn.Conv2d):
     full-precision weights (evaluation always quantizes).
     """
 
-    def __init__(self, ci: int, co: int, kernel_size: int, stride: int, padding: int, *, bits: Sequence[int]):
-        super().__init__(ci, co, kernel_size, stride, padding, bias=False)
+    def __init__(self, ci: int, co: int, kernel_size: int, stride: int, padding: int, groups: int = 1, *,
+                 bits: Sequence[int]):
+        super().__init__(ci, co, kernel_size, stride, padding, groups=groups, bias=False)
         self.quant_bits = sorted(b for b in set(bits) if b != FP_BITS)
         self.slot = {b: i for i, b in enumerate(self.quant_bits)}
         n = len(self.quant_bits)
@@ -230,13 +234,35 @@ def stage_bounds(stages: Sequence[float], epochs: int) -> tuple[int, int]:
     return min(e1, epochs), min(max(e2, e1), epochs)
 
 
+def dataflow(net: nn.Module):
+    """(BN, its conv, the previous quantized conv of the main path or None) for every body BN (item 6).
+
+    A ResNet block's conv1 and shortcut conv both read the block input, i.e. the previous block's conv2; a
+    MobileNetV1 block's depthwise conv reads the previous block's pointwise conv.
+    """
+    from suite.models.mobilenet import DepthwiseSeparable
+    from suite.models.resnet import BasicBlock
+
+    previous = None
+    for block in net.modules():
+        if isinstance(block, BasicBlock):
+            yield block.bn1, block.conv1, previous
+            yield block.bn2, block.conv2, block.conv1
+            if block.shortcut is not None:
+                yield block.shortcut[1], block.shortcut[0], previous
+            previous = block.conv2
+        elif isinstance(block, DepthwiseSeparable):
+            yield block.bn1, block.depthwise, previous
+            yield block.bn2, block.pointwise, block.depthwise
+            previous = block.pointwise
+
+
 class BitMixerNet(BitSwitchable):
-    """The CIFAR ResNet with Bit-Mixer layers plus the bit-width logic: uniform, random layer-wise, per-layer."""
+    """A single-branch model with Bit-Mixer layers plus the bit-width logic: uniform, random layer-wise, per-layer."""
 
     def __init__(self, arch: str, num_classes: int, bits: Sequence[int], options: "Options"):
         super().__init__()
         from suite.models import create_model
-        from suite.models.resnet_cifar import BasicBlock
 
         self.bits = list(bits)
         self.options = options
@@ -244,20 +270,13 @@ class BitMixerNet(BitSwitchable):
         self.mix_prob = 0.0
         self.net = create_model(
             arch, num_classes=num_classes, bits=self.bits,
-            conv=lambda ci, co, k, stride, padding: BitMixerConv(ci, co, k, stride, padding, bits=self.bits),
+            conv=partial(BitMixerConv, bits=self.bits),
             norm=lambda channels: TransitionalBatchNorm(channels, self.bits),
         )
-        # Link every transitional BN to its conv and to the previous quantized conv of the dataflow.
-        previous, linked = None, set()
-        for block in (m for m in self.net.modules() if isinstance(m, BasicBlock)):
-            block_input = previous
-            block.bn1.link(block.conv1, block_input)
-            block.bn2.link(block.conv2, block.conv1)
-            linked |= {block.bn1, block.bn2}
-            if block.shortcut is not None:
-                block.shortcut[1].link(block.shortcut[0], block_input)
-                linked.add(block.shortcut[1])
-            previous = block.conv2
+        linked = set()
+        for norm, conv, previous in dataflow(self.net):
+            norm.link(conv, previous)
+            linked.add(norm)
         norms = [m for m in self.net.modules() if isinstance(m, TransitionalBatchNorm)]
         if set(norms) != linked:
             raise RuntimeError("some transitional BN could not be linked to its conv (unknown block structure)")
@@ -368,8 +387,6 @@ def build(arch: str, num_classes: int, bits: list[int], options: Options):
     from suite.trainer import Trainable
 
     check_bits(bits, options)
-    if arch not in ARCHS:
-        raise ValueError(f"Bit-Mixer is implemented for {', '.join(ARCHS)}, not {arch!r}")
     model = BitMixerNet(arch, num_classes, bits, options)
     return Trainable(
         model=model,

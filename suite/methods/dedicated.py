@@ -43,8 +43,9 @@ class LearnedBoundsConv(SameBitsCost, nn.Conv2d):
     switch layers). At 32 bits it is a plain conv without quantizer parameters.
     """
 
-    def __init__(self, ci: int, co: int, kernel_size: int, stride: int = 1, padding: int = 0, *, bits: int):
-        super().__init__(ci, co, kernel_size, stride, padding, bias=False)
+    def __init__(self, ci: int, co: int, kernel_size: int, stride: int = 1, padding: int = 0, groups: int = 1, *,
+                 bits: int):
+        super().__init__(ci, co, kernel_size, stride, padding, groups=groups, bias=False)
         self.active_bits = bits
         self.calibrating = False
         if bits != FP_BITS:

@@ -7,11 +7,15 @@ from __future__ import annotations
 from suite.models.mbquant_mobilenet import mbquant_mobilenetv1
 from suite.models.mbquant_resnet_cifar import mbquant_resnet8, mbquant_resnet20
 from suite.models.mbquant_resnet_imagenet import mbquant_resnet18, mbquant_resnet34
-from suite.models.resnet_cifar import resnet8, resnet20
+from suite.models.mobilenet import mobilenetv1
+from suite.models.resnet import resnet8, resnet18, resnet20, resnet34
 
 MODELS = {
     "resnet20": resnet20,  # single-branch, body layers from the method's conv/norm factories
     "resnet8": resnet8,
+    "resnet18": resnet18,  # ImageNet, torchvision topology
+    "resnet34": resnet34,
+    "mobilenetv1": mobilenetv1,
     "mbquant_resnet20": mbquant_resnet20,
     "mbquant_resnet8": mbquant_resnet8,
     "mbquant_resnet18": mbquant_resnet18,  # ImageNet (imagenet-models.md)

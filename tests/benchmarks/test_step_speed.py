@@ -1,9 +1,13 @@
 """Speed of MBQuant's joint training step (pytest-benchmark; skipped in the normal test run).
 
-Run: tox -e bench   (or: pytest tests/benchmarks --benchmark-only)
-Goal: the 2-4-6-8 joint step of ResNet-20 should approach the equal-FLOP limit of
-ten single-width full-precision passes; the FP32 single-width step is measured beside it for that ratio.
+Run: tox -e bench   (or: pytest tests/benchmarks --benchmark-only; SUITE_BENCH_DEVICE=cuda on a GPU)
+Goal: the 2-4-6-8 joint step should approach the equal-FLOP limit of ten single-width full-precision passes
+(1 + 2 + 3 + 4 branch passes); the FP32 single-width step of the same network is measured beside it for that
+ratio. CIFAR ResNet-20 runs on every device; ImageNet ResNet-18 at 224x224 only on a GPU (minutes per step
+on a laptop CPU).
 """
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -12,9 +16,22 @@ from suite.methods import mbquant
 from suite.models import create_model
 from suite.trainer import LOSS_POLICIES
 
-BATCH, SIZE = 64, 32
+DEVICE = torch.device(os.environ.get("SUITE_BENCH_DEVICE", "cpu"))
+# (arch, batch, side, classes): CIFAR at the batch that fits the CPU budget, ImageNet at half the paper's batch.
+SHAPES = {"resnet20": (64, 32, 100), "resnet18": (128, 224, 1000)}
+ARCHS = ["resnet20", "resnet18"] if DEVICE.type == "cuda" else ["resnet20"]
 
 
+def synchronized(step):
+    """A step that returns only once the device is done (CUDA kernels run asynchronously)."""
+    def run(*args):
+        step(*args)
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+    return run
+
+
+@synchronized
 def joint_step(trainable, x, y, opt):
     opt.zero_grad(set_to_none=True)
     earlier = []
@@ -26,33 +43,44 @@ def joint_step(trainable, x, y, opt):
     opt.step()
 
 
-@pytest.fixture
-def batch():
+@synchronized
+def plain_step(model, x, y, opt):
+    opt.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def batch_for(arch):
+    batch, side, classes = SHAPES[arch]
     torch.manual_seed(0)
-    return torch.randn(BATCH, 3, SIZE, SIZE), torch.randint(0, 100, (BATCH,))
+    return torch.randn(batch, 3, side, side, device=DEVICE), torch.randint(0, classes, (batch,), device=DEVICE)
 
 
+def record(benchmark, arch):
+    batch, side, _ = SHAPES[arch]
+    name = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    benchmark.extra_info.update(arch=arch, batch=batch, size=side, device=name, torch=torch.__version__)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("conv_impl", ["grouped", "dense"])
-def test_mbquant_joint_step(benchmark, batch, conv_impl):
-    x, y = batch
-    t = mbquant.build("resnet20", 100, [2, 4, 6, 8], mbquant.Options(conv_impl=conv_impl))
-    mbquant.calibrate(t.model, t.bits, [batch] * 4)
+def test_mbquant_joint_step(benchmark, arch, conv_impl):
+    x, y = batch_for(arch)
+    t = mbquant.build(arch, SHAPES[arch][2], [2, 4, 6, 8], mbquant.Options(conv_impl=conv_impl))
+    t.model.to(DEVICE)
+    mbquant.calibrate(t.model, t.bits, [(x[:32], y[:32])] * 4)
     opt = torch.optim.SGD(t.model.parameters(), lr=0.01, momentum=0.9)
-    benchmark.extra_info.update(batch=BATCH, size=SIZE, threads=torch.get_num_threads())
+    record(benchmark, arch)
     benchmark.pedantic(joint_step, args=(t, x, y, opt), rounds=5, warmup_rounds=1)
 
 
-def test_fp32_single_width_step(benchmark, batch):
-    """The unit of the equal-FLOP limit: one plain full-precision ResNet-20 step (x10 for 2-4-6-8)."""
-    x, y = batch
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fp32_single_width_step(benchmark, arch):
+    """The unit of the equal-FLOP limit: one plain full-precision step of the same network (x10 for 2-4-6-8)."""
+    x, y = batch_for(arch)
     torch.manual_seed(0)
-    model = create_model("resnet20", num_classes=100, bits=[32], conv=lambda ci, co, k, s, p: nn.Conv2d(
-        ci, co, k, s, p, bias=False), norm=nn.BatchNorm2d)
+    model = create_model(arch, num_classes=SHAPES[arch][2], bits=[32], conv=lambda ci, co, k, s, p, groups=1: nn.Conv2d(
+        ci, co, k, s, p, groups=groups, bias=False), norm=nn.BatchNorm2d).to(DEVICE)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+    record(benchmark, arch)
+    benchmark.pedantic(plain_step, args=(model, x, y, opt), rounds=5, warmup_rounds=1)

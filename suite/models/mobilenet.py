@@ -1,0 +1,63 @@
+"""Single-branch MobileNetV1 whose body convs and BNs come from a method's factories: the baselines' model.
+
+The layout of MBQuant's MobileNetV1 (``mbquant_mobilenet.mv1_layers``) with one branch: a full-precision head
+(3x3 stride-2 conv 32, BN, ReLU), 13 depthwise-separable blocks ``stage_{s}_layer_{i}`` whose 3x3 depthwise and
+1x1 pointwise convs are both quantized (MBQuant's depthwise convs run at b bits too), average pool and a
+full-precision ``classifier``. The conv factory is called as ``conv(ci, co, kernel, stride, padding,
+groups=g)``; initialisation as the release's MobileNetV1 (N(0, sqrt(2 / (k*k*out))) on every conv, N(0, 0.01)
+on the classifier).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from suite.models.base import BitSwitchable
+from suite.models.mbquant_mobilenet import HEAD_WIDTH, mv1_layers
+from suite.models.resnet import ConvFactory, NormFactory
+
+
+class DepthwiseSeparable(nn.Module):
+    def __init__(self, ci: int, co: int, stride: int, conv: ConvFactory, norm: NormFactory):
+        super().__init__()
+        self.depthwise, self.bn1 = conv(ci, ci, 3, stride, 1, groups=ci), norm(ci)
+        self.pointwise, self.bn2 = conv(ci, co, 1, 1, 0), norm(co)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.depthwise(x)), inplace=True)
+        return F.relu(self.bn2(self.pointwise(x)), inplace=True)
+
+
+class MobileNetV1(BitSwitchable):
+    def __init__(self, num_classes: int = 1000, *, bits=(2, 4, 6, 8), conv: ConvFactory, norm: NormFactory):
+        super().__init__()
+        self.bits = list(bits)
+        self.head = nn.Sequential(
+            nn.Conv2d(3, HEAD_WIDTH, 3, 2, 1, bias=False), nn.BatchNorm2d(HEAD_WIDTH), nn.ReLU(inplace=True),
+        )
+        self.block_names = []
+        for name, ci, co, stride in mv1_layers():
+            self.add_module(name, DepthwiseSeparable(ci, co, stride, conv, norm))
+            self.block_names.append(name)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(co, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                k = m.weight.shape[2] * m.weight.shape[3]
+                m.weight.data.normal_(0, math.sqrt(2.0 / (k * m.weight.shape[0])))
+        self.classifier.weight.data.normal_(0, 0.01)
+        self.classifier.bias.data.zero_()
+        self.set_bits(max(self.bits))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(x)
+        for name in self.block_names:
+            x = getattr(self, name)(x)
+        return self.classifier(torch.flatten(self.avgpool(x), 1))
+
+
+def mobilenetv1(**kwargs) -> MobileNetV1:
+    return MobileNetV1(**kwargs)
