@@ -95,6 +95,9 @@ def summary_table(runs: pd.DataFrame, reference: pd.DataFrame | None = None) -> 
         )
         .reset_index()
     )
+    # Rows of one architecture together (a section may hold several), arms alphabetical within it.
+    table = table.merge(runs.groupby(["manifest", "arm"], as_index=False)["model"].first(), on=["manifest", "arm"])
+    table = table.sort_values(["manifest", "profile", "model", "arm", "bits"], ignore_index=True)
     ref = _reference_frame(reference)
     if ref is None:
         table["paper_top1"] = np.nan
@@ -173,6 +176,24 @@ def _paper_note(runs: pd.DataFrame) -> str:
     return f"Paper: {ref}" + ("" if verified else " (mapping to the paper not yet verified)")
 
 
+def _model_panels(fig: Figure, data: pd.DataFrame):
+    """One panel per model (architecture) of a section, sharing the accuracy axis: (axes, the model's rows)."""
+    models = sorted(data["model"].unique())
+    axes = fig.subplots(1, len(models), sharey=True, squeeze=False)[0]
+    return [(ax, data[data["model"] == model]) for ax, model in zip(axes, models)]
+
+
+def _panel_titles(fig: Figure, runs: pd.DataFrame, suffix: str = "") -> None:
+    """The section heading on the only panel, or above several panels each titled with its model."""
+    heading = _section_heading(runs) + suffix
+    if len(fig.axes) == 1:
+        fig.axes[0].set_title(heading, fontsize=10, wrap=True)
+        return
+    fig.suptitle(heading, fontsize=10, y=0.955)  # below the page's scale stamp
+    for ax, model in zip(fig.axes, sorted(runs["model"].unique())):
+        ax.set_title(model, fontsize=9)
+
+
 def accuracy_figure(runs: pd.DataFrame) -> Figure:
     """Top-1 vs bit-width for one manifest and one profile: one line per arm, mean ± SD over seeds."""
     if runs.empty:
@@ -186,21 +207,22 @@ def accuracy_figure(runs: pd.DataFrame) -> Figure:
     legend = {arm: f"{arm} (n={lo})" if lo == hi else f"{arm} (n={lo}–{hi})" for arm, (lo, hi) in n.iterrows()}
     data = runs.assign(arm_label=runs["arm"].map(legend))
 
-    fig = _new_figure(FIGURE_SIZE)
-    ax = fig.add_subplot()
-    sns.lineplot(
-        data=data, x="bits", y="top1", hue="arm_label", hue_order=[legend[a] for a in sorted(legend)],
-        marker="o", errorbar="sd", err_style="bars", err_kws={"capsize": 4}, ax=ax,
-    )
     bits = sorted(int(b) for b in runs["bits"].unique())
-    ax.set_xticks(bits, [str(b) for b in bits])  # ticks only at the evaluated bit-widths
-    ax.set_xlabel("bit-width")
-    ax.set_ylabel("top-1 accuracy (%)" + (f" — {label}" if label else ""))
-    ax.set_title(_section_heading(runs), fontsize=10, wrap=True)
-    ax.legend(title="arm (n seeds)", fontsize=8, title_fontsize=8)
-    ax.grid(alpha=0.3)
+    fig = _new_figure(FIGURE_SIZE)
+    for ax, panel in _model_panels(fig, data):
+        arms = sorted(panel["arm"].unique())
+        sns.lineplot(
+            data=panel, x="bits", y="top1", hue="arm_label", hue_order=[legend[a] for a in arms],
+            marker="o", errorbar="sd", err_style="bars", err_kws={"capsize": 4}, ax=ax,
+        )
+        ax.set_xticks(bits, [str(b) for b in bits])  # ticks only at the evaluated bit-widths
+        ax.set_xlabel("bit-width")
+        ax.set_ylabel("top-1 accuracy (%)" + (f" — {label}" if label else ""))
+        ax.legend(title="arm (n seeds)", fontsize=8, title_fontsize=8)
+        ax.grid(alpha=0.3)
+    _panel_titles(fig, runs)
     caption = (f"Mean over seeds; error bars ±1 SD over seeds (none where n=1). {_paper_note(runs)}. "
-               f"{runs['dataset'].iloc[0]} / {runs['model'].iloc[0]}.")
+               f"{runs['dataset'].iloc[0]} / {', '.join(sorted(runs['model'].unique()))}.")
     if label:
         caption += f" {label.capitalize()} numbers: not comparable to the paper."
     # Bottom-anchored so a wrapped caption grows upwards, clear of the page footer added later.
@@ -219,16 +241,17 @@ def storage_figure(runs: pd.DataFrame) -> Figure:
     _one(runs, "manifest")
     label = scale_label(profile)
     points = runs.groupby(["arm", "bits"], as_index=False).agg(top1=("top1", "mean"), storage_mib=("storage_mib", "mean"))
+    points = points.merge(runs.groupby("arm", as_index=False)["model"].first(), on="arm")
     fig = _new_figure(FIGURE_SIZE)
-    ax = fig.add_subplot()
-    sns.scatterplot(data=points, x="storage_mib", y="top1", hue="arm", style="arm", s=70, ax=ax)
-    for r in points.itertuples():
-        ax.annotate(f"{r.bits}", (r.storage_mib, r.top1), textcoords="offset points", xytext=(5, 3), fontsize=7)
-    ax.set_xlabel("storage to serve all bit-widths (MiB, measured from the stored tensors)")
-    ax.set_ylabel("top-1 accuracy (%)" + (f" — {label}" if label else ""))
-    ax.set_title(_section_heading(runs) + "\naccuracy vs storage (labels: bit-width)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(title="arm", fontsize=8, title_fontsize=8)
+    for ax, panel in _model_panels(fig, points):
+        sns.scatterplot(data=panel, x="storage_mib", y="top1", hue="arm", style="arm", s=70, ax=ax)
+        for r in panel.itertuples():
+            ax.annotate(f"{r.bits}", (r.storage_mib, r.top1), textcoords="offset points", xytext=(5, 3), fontsize=7)
+        ax.set_xlabel("storage to serve all bit-widths (MiB)")
+        ax.set_ylabel("top-1 accuracy (%)" + (f" — {label}" if label else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(title="arm", fontsize=8, title_fontsize=8)
+    _panel_titles(fig, runs, "\naccuracy vs storage (labels: bit-width)")
     fig.text(0.01, 0.035, "Storage counts every stored tensor at its stored precision (quantized weights at their "
              "stored bits, BN / bounds / FP layers at 32 bits); one storage value per arm, whatever the bit-width.",
              fontsize=7.5, va="bottom", wrap=True)

@@ -5,6 +5,7 @@ import torch
 import torchvision
 from pydantic import TypeAdapter
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from suite.costs import conv_macs, measure_cost
 from suite.methods import METHODS
@@ -72,7 +73,8 @@ def depthwise_macs(model, size):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_every_baseline_costs_what_mbquant_costs_at_every_bit_width(arch):
-    """BitOPs = b*b*MACs over the same quantized layers as MBQuant's b-bit network (b/2 two-bit branches).
+    """BitOPs = b*b*MACs over the same quantized layers as MBQuant's b-bit network (b/2 two-bit branches), and
+    the hooks' MACs are all the MACs torch's FLOP counter sees.
 
     Except in MobileNetV1's depthwise convs: MBQuant runs one b-bit-weight depthwise conv per active branch,
     so those cost b/2 times a b-bit network's."""
@@ -88,6 +90,9 @@ def test_every_baseline_costs_what_mbquant_costs_at_every_bit_width(arch):
             assert cost.quantized_bitops == b * b * cost.quantized_macs, (name, b)
             assert expected.quantized_bitops - cost.quantized_bitops == (b // 2 - 1) * b * b * dw, (name, b)
             assert cost.fp_macs == expected.fp_macs, (name, b)
+        with FlopCounterMode(display=False) as counter:  # torch's own count of the same forward: every MAC
+            cost = measure_cost(model, 2, size)
+        assert counter.get_total_flops() == 2 * (cost.quantized_macs + cost.fp_macs), name
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -120,6 +120,20 @@ def test_accuracy_figure_labels():
         report.accuracy_figure(runs[runs.manifest == "fake_a_2468"])
 
 
+def test_a_section_with_two_architectures_gets_one_panel_and_one_table_block_each():
+    runs = make_runs(sections=SECTIONS[:1], arms=("mbquant big", "baseline big", "adabits small"))
+    runs["model"] = runs["arm"].str.split().str[1] + "net"
+    for draw in (report.accuracy_figure, report.storage_figure):
+        fig = draw(runs.assign(storage_mib=1.0))
+        assert [ax.get_title() for ax in fig.axes] == ["bignet", "smallnet"]
+        assert "Fake experiment fake_a_2468" in fig.get_suptitle()
+        legends = [[t.get_text().split(" (")[0] for t in ax.get_legend().get_texts()] for ax in fig.axes]
+        assert legends == [["baseline big", "mbquant big"], ["adabits small"]]
+    table = report.summary_table(runs)
+    assert list(table.drop_duplicates("arm")["arm"]) == ["baseline big", "mbquant big", "adabits small"]
+    assert list(table["model"].drop_duplicates()) == ["bignet", "smallnet"]
+
+
 # ---------------------------------------------------------------------------------------------------- report
 
 class RecordingPdfPages(report.PdfPages):

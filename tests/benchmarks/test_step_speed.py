@@ -56,10 +56,15 @@ def batch_for(arch):
     return torch.randn(batch, 3, side, side, device=DEVICE), torch.randint(0, classes, (batch,), device=DEVICE)
 
 
-def record(benchmark, arch):
+def timed(benchmark, arch, step, *args):
     batch, side, _ = SHAPES[arch]
     name = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     benchmark.extra_info.update(arch=arch, batch=batch, size=side, device=name, torch=torch.__version__)
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+    benchmark.pedantic(step, args=args, rounds=5, warmup_rounds=1)
+    if DEVICE.type == "cuda":
+        benchmark.extra_info["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(DEVICE) / 2**30, 2)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -70,8 +75,7 @@ def test_mbquant_joint_step(benchmark, arch, conv_impl):
     t.model.to(DEVICE)
     mbquant.calibrate(t.model, t.bits, [(x[:32], y[:32])] * 4)
     opt = torch.optim.SGD(t.model.parameters(), lr=0.01, momentum=0.9)
-    record(benchmark, arch)
-    benchmark.pedantic(joint_step, args=(t, x, y, opt), rounds=5, warmup_rounds=1)
+    timed(benchmark, arch, joint_step, t, x, y, opt)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -82,5 +86,4 @@ def test_fp32_single_width_step(benchmark, arch):
     model = create_model(arch, num_classes=SHAPES[arch][2], bits=[32], conv=lambda ci, co, k, s, p, groups=1: nn.Conv2d(
         ci, co, k, s, p, groups=groups, bias=False), norm=nn.BatchNorm2d).to(DEVICE)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    record(benchmark, arch)
-    benchmark.pedantic(plain_step, args=(model, x, y, opt), rounds=5, warmup_rounds=1)
+    timed(benchmark, arch, plain_step, model, x, y, opt)
