@@ -38,8 +38,8 @@ def test_bad_rows_name_the_line_and_column(tmp_path):
     ("smoke", 1.0, 70.0, "–"),
 ])
 def test_verdict_against_tolerance(tmp_path, profile, tolerance, mean, verdict):
-    runs = pd.DataFrame([dict(manifest="m", profile=profile, arm="a", bits=4, seed=s, top1=mean + d, top5=90.0,
-                              tolerance=tolerance) for s, d in enumerate((-0.5, 0.5))])
+    runs = pd.DataFrame([dict(manifest="m", profile=profile, arm="a", model="net", bits=4, seed=s, top1=mean + d,
+                              top5=90.0, tolerance=tolerance) for s, d in enumerate((-0.5, 0.5))])
     table = summary_table(runs, reference_for_report(registry(tmp_path)))
     assert table.loc[0, "paper_top1"] == 70.5
     assert table.loc[0, "verdict"] == verdict
