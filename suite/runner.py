@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import re
 from dataclasses import asdict
 import tempfile
 from pathlib import Path
@@ -18,6 +19,13 @@ from suite.methods import METHODS
 from suite.report import scale_label, training_curves_figure
 from suite.tracking import Tracker, git_state
 from suite.trainer import fit, resolve_device, seed_everything
+
+ANALYSIS_METRIC_PREFIXES = ("qerr_",)  # metrics an ``analyses`` entry logs (suite.quant_error)
+
+
+def tag_key(text: str) -> str:
+    """An MLflow tag key from free text (arm names): characters MLflow refuses in keys become '_'."""
+    return re.sub(r"[^\w\-. :/]", "_", text)
 
 
 def _common_tags(loaded: LoadedManifest) -> dict[str, str]:
@@ -85,19 +93,21 @@ def _run_one(tracker: Tracker, experiment: str, parent: str, loaded: LoadedManif
                 "suite.model": cfg.model.arch}
     # Checkpoints are keyed by configuration, so a killed run resumes whichever manifest started it.
     run_dir = results_dir / "runs" / f"{cfg.model.arch}-{cfg.method.name}" / f"{key}-seed{seed}"
-    # An identical configuration that finished anywhere (this manifest or another) is not trained again.
-    previous = tracker.find(key, status="FINISHED")
+    # An identical configuration that finished here or in another manifest is not trained again.
+    previous = tracker.find(key, experiment, status="FINISHED") or tracker.find(key, status="FINISHED")
     if previous is not None:
-        record = previous.info.run_id
+        record, metrics = previous.info.run_id, previous.data.metrics
         if previous.info.experiment_id == experiment:
             echo(f"  {arm.name} seed {seed}: finished earlier (run {record}), not run again")
-            tracker.set_tags(parent, {f"suite.reused.{arm.name}.seed{seed}": record})
+            tracker.set_tags(parent, {tag_key(f"suite.reused.{arm.name}.seed{seed}"): record})
         else:
-            record = tracker.record_reuse(previous, experiment, parent, name, run_tags)
+            # Analysis results belong to the manifest that asked for them: the record carries training results only.
+            metrics = {k: v for k, v in metrics.items() if not k.startswith(ANALYSIS_METRIC_PREFIXES)}
+            record = tracker.record_reuse(previous, experiment, parent, name, run_tags, metrics)
             echo(f"  {arm.name} seed {seed}: identical to a run of {previous.data.tags.get('suite.manifest')} "
                  f"that finished earlier (run {previous.info.run_id}): its results are reused")
-        _run_analyses(tracker, record, previous.data.metrics, arm, seed, run_dir, echo)
-        return _final_rows(arm, seed, previous.data.metrics)
+        _run_analyses(tracker, record, metrics, arm, seed, run_dir, echo)
+        return _final_rows(arm, seed, metrics)
 
     run_id, reopened = tracker.start_child(experiment, parent, name, key, run_tags,
                                            {**flatten(arm.run_spec), "seed": seed})
@@ -134,7 +144,7 @@ def _run_analyses(tracker: Tracker, run_id: str, metrics: dict, arm: ResolvedArm
                   echo) -> None:
     """The manifest's ``analyses`` on the run's best checkpoint, logged to the run (once)."""
     cfg = arm.config
-    if "quant_error" not in cfg.analyses or any(k.startswith("qerr_") for k in metrics):
+    if "quant_error" not in cfg.analyses or any(k.startswith(ANALYSIS_METRIC_PREFIXES) for k in metrics):
         return
     from suite.quant_error import measure_switching_error, summarize
 

@@ -121,3 +121,16 @@ def test_quant_error_analysis_runs_on_reused_and_new_checkpoints(smoke_run, tmp_
     out = tmp_path / "report.pdf"
     assert main(["report", "--results", str(smoke_run), "--out", str(out)]) == 0
     assert (tmp_path / "figures" / "table7_quantization_error__smoke__quant_error.png").exists()
+
+
+@pytest.mark.e2e
+def test_rerunning_after_other_manifests_reused_the_runs(smoke_run, capsys):
+    """After Fig. 3 and Table 7 reused Table 3's runs, Table 3 and Fig. 3 run again: each finds its own runs (no new
+    record, none of Table 7's analysis results leak into it), whatever characters its arm names hold."""
+    fig3 = str(Path(MANIFEST).parent / "fig3_selection_x_distillation.yaml")
+    for manifest in (MANIFEST, fig3):
+        assert main(["run", manifest, "--profile", "smoke", "--results", str(smoke_run), *FAST]) == 0
+        out = capsys.readouterr().out
+        assert "its results are reused" not in out and out.count("not run again") >= 4
+    client, runs = arm_runs(smoke_run)
+    assert len(runs) == 5 and not any(k.startswith("qerr_") for r in runs for k in r.data.metrics)
