@@ -3,7 +3,7 @@
 Run: tox -e bench   (or: pytest tests/benchmarks --benchmark-only; SUITE_BENCH_DEVICE=cuda on a GPU)
 Goal: the 2-4-6-8 joint step should approach the equal-FLOP limit of ten single-width full-precision passes
 (1 + 2 + 3 + 4 branch passes); the FP32 single-width step of the same network is measured beside it for that
-ratio. CIFAR ResNet-20 runs on every device; ImageNet ResNet-18 at 224x224 only on a GPU (minutes per step
+ratio, and each baseline's joint step over the same bit-widths (four single-width passes) for comparison. CIFAR ResNet-20 runs on every device; ImageNet ResNet-18 at 224x224 only on a GPU (minutes per step
 on a laptop CPU).
 """
 import os
@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from suite.methods import mbquant
+from suite.methods import METHODS, mbquant
 from suite.models import create_model
 from suite.trainer import LOSS_POLICIES
 
@@ -20,6 +20,7 @@ DEVICE = torch.device(os.environ.get("SUITE_BENCH_DEVICE", "cpu"))
 # (arch, batch, side, classes): CIFAR at the batch that fits the CPU budget, ImageNet at half the paper's batch.
 SHAPES = {"resnet20": (64, 32, 100), "resnet18": (128, 224, 1000)}
 ARCHS = ["resnet20", "resnet18"] if DEVICE.type == "cuda" else ["resnet20"]
+BITS = [2, 4, 6, 8]
 
 
 def synchronized(step):
@@ -71,9 +72,26 @@ def timed(benchmark, arch, step, *args):
 @pytest.mark.parametrize("conv_impl", ["grouped", "dense"])
 def test_mbquant_joint_step(benchmark, arch, conv_impl):
     x, y = batch_for(arch)
-    t = mbquant.build(arch, SHAPES[arch][2], [2, 4, 6, 8], mbquant.Options(conv_impl=conv_impl))
+    t = mbquant.build(arch, SHAPES[arch][2], BITS, mbquant.Options(conv_impl=conv_impl))
     t.model.to(DEVICE)
-    mbquant.calibrate(t.model, t.bits, [(x[:32], y[:32])] * 4)
+    t.initialize(t.model, [(x[:32], y[:32])] * len(BITS))
+    opt = torch.optim.SGD(t.model.parameters(), lr=0.01, momentum=0.9)
+    timed(benchmark, arch, joint_step, t, x, y, opt)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name, options", [
+    ("dedicated", {}), ("anyprecision", {"distillation": "recursive"}), ("adabits", {"grid": "centered"}),
+    ("bitmixer", {}),
+])
+def test_baseline_joint_step(benchmark, arch, name, options):
+    """The same 2-4-6-8 joint step for each baseline, with the options the Table 1 / 3 manifests use."""
+    x, y = batch_for(arch)
+    method = METHODS[name]
+    t = method.build(arch, SHAPES[arch][2], BITS, method.Options(**options))
+    t.model.to(DEVICE)
+    if t.initialize:
+        t.initialize(t.model, [(x[:32], y[:32])] * len(BITS))
     opt = torch.optim.SGD(t.model.parameters(), lr=0.01, momentum=0.9)
     timed(benchmark, arch, joint_step, t, x, y, opt)
 
