@@ -12,8 +12,8 @@ Follows baselines.md and the authors' release (deJQK/AdaBits, ``models/quant_ops
   now recommends the centered grid "for convergent training", and on the synthetic test the modified grid
   learns much slower at <= 2 bits.
 - rescaling (the release's CIFAR setting ``rescale_conv: True, rescale_type: constant``): the quantized
-  weight is multiplied by ``(1/sqrt(co*k*k)) / std(q)`` with ``std(q)`` detached, i.e. scaled to the std of
-  a fan-out kaiming init. The scale depends only on the quantized values, so it needs no stored scalar.
+  weight is multiplied by ``(1/sqrt(co/groups*k*k)) / std(q)`` with ``std(q)`` detached, i.e. scaled to the
+  std of a fan-out kaiming init (a depthwise conv's fan-out is k*k: the release's CIFAR models have none). The scale depends only on the quantized values, so it needs no stored scalar.
   (The README lists ``rescale_conv=False`` for its ImageNet model zoo; the CIFAR config, followed here, sets
   it; the BN after every conv absorbs the scale either way at inference.)
 - input activations at b bits, PACT with one clipping level per bit-width ("switchable clipping level",

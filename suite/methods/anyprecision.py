@@ -17,8 +17,9 @@ Follows baselines.md and the authors' release (SHI-Labs/Any-Precision-DNNs, ``mo
 - These need the largest bit-width run first, so with ``recursive``/``soft`` the list must be ascending
   (the release sorts it); the trainer runs it in reverse.
 
-Suite conventions that differ from the release: the standard post-activation ResNet-20 (not the 5x-wide
-pre-activation one) with FP stem and classifier, its 1x1 shortcut convs quantized (the release keeps its
+Suite conventions that differ from the release: the suite's single-branch models (on CIFAR the standard
+post-activation ResNet-20, not the 5x-wide pre-activation one; ResNet-18 / MobileNetV1 on ImageNet) with FP
+stem and classifier, its 1x1 shortcut convs quantized (the release keeps its
 stride-2 shortcut conv FP) and its stem BN shared by all bit-widths.
 
 Storage: the shared latent weights at FP32. The paper serves lower bit-widths by truncating the stored

@@ -3,8 +3,9 @@
 Run: tox -e bench   (or: pytest tests/benchmarks --benchmark-only; SUITE_BENCH_DEVICE=cuda on a GPU)
 Goal: the 2-4-6-8 joint step should approach the equal-FLOP limit of ten single-width full-precision passes
 (1 + 2 + 3 + 4 branch passes); the FP32 single-width step of the same network is measured beside it for that
-ratio, and each baseline's joint step over the same bit-widths (four single-width passes) for comparison. CIFAR ResNet-20 runs on every device; ImageNet ResNet-18 at 224x224 only on a GPU (minutes per step
-on a laptop CPU).
+ratio, and each baseline's joint step over the same bit-widths (four single-width passes) for comparison.
+CIFAR ResNet-20 runs on every device; ImageNet ResNet-18 at 224x224 only on a GPU (minutes per step on a
+laptop CPU).
 """
 import os
 
