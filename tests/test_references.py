@@ -18,6 +18,22 @@ def test_shipped_registry_is_valid_and_invents_nothing():
     assert reference_for_report(SHIPPED).empty
 
 
+def test_every_accuracy_cell_of_the_shipped_experiments_has_a_row_and_every_row_an_experiment():
+    """A user fills ``value``; the row must already name the (manifest, arm, bit-width) that reproduces it."""
+    from suite.manifest import load_manifest
+
+    cells = set()  # accuracy cells: training manifests (the cost table and the error analysis report other things)
+    for path in sorted(SHIPPED.parents[2].glob("experiments/*.yaml")):
+        loaded = load_manifest(path, "paper")
+        if loaded.manifest.task == "train" and not loaded.manifest.analyses:
+            cells |= {(loaded.manifest.name, arm.name, str(b)) for arm in loaded.arms for b in arm.config.method.bits}
+    df = read_registry(SHIPPED)
+    rows = {(r.manifest, r.arm, r.bits) for r in df.itertuples() if r.manifest}
+    assert cells <= rows  # every reproduced accuracy cell can be filled in
+    assert rows <= cells  # no row points at an arm, manifest or bit-width that does not exist (or is not accuracy)
+    assert len(rows) == len(df[df["manifest"] != ""])  # one row per cell
+
+
 def registry(tmp_path, **overrides):
     row = dict.fromkeys(COLUMNS, "") | dict(table="Table 3", bits="4", value="70.5", source="paper",
                                             source_kind="paper", manifest="m", arm="a") | overrides
