@@ -101,8 +101,9 @@ def _run_one(tracker: Tracker, experiment: str, parent: str, loaded: LoadedManif
             echo(f"  {arm.name} seed {seed}: finished earlier (run {record}), not run again")
             tracker.set_tags(parent, {tag_key(f"suite.reused.{arm.name}.seed{seed}"): record})
         else:
+            previous = tracker.original(previous)
             # Analysis results belong to the manifest that asked for them: the record carries training results only.
-            metrics = {k: v for k, v in metrics.items() if not k.startswith(ANALYSIS_METRIC_PREFIXES)}
+            metrics = {k: v for k, v in previous.data.metrics.items() if not k.startswith(ANALYSIS_METRIC_PREFIXES)}
             record = tracker.record_reuse(previous, experiment, parent, name, run_tags, metrics)
             echo(f"  {arm.name} seed {seed}: identical to a run of {previous.data.tags.get('suite.manifest')} "
                  f"that finished earlier (run {previous.info.run_id}): its results are reused")

@@ -68,13 +68,18 @@ class Tracker:
         runs = self.client.search_runs(ids, filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0] if runs else None
 
+    def original(self, run):
+        """The run that actually trained: ``run`` itself, or the one a reuse record points to."""
+        source = run.data.tags.get("suite.reused_from")
+        return self.client.get_run(source) if source else run
+
     def record_reuse(self, previous, experiment_id: str, parent_id: str, name: str, tags: dict[str, str],
                      metrics: dict[str, float]) -> str:
-        """A finished run in this experiment that reports an identical run finished elsewhere (not re-run), with
-        the ``metrics`` of that run it carries over."""
+        """A finished run in this experiment that reports an identical run that trained elsewhere (``previous``,
+        an original, not a record), with the ``metrics`` of that run it carries over."""
         run = self.client.create_run(experiment_id, run_name=name, tags={
             **tags, TAG_KIND: previous.data.tags[TAG_KIND], TAG_KEY: previous.data.tags[TAG_KEY],
-            PARENT_TAG: parent_id, "suite.reused_from": previous.data.tags.get("suite.reused_from", previous.info.run_id),
+            PARENT_TAG: parent_id, "suite.reused_from": previous.info.run_id,
         })
         self.log_params(run.info.run_id, previous.data.params)
         self.log_metrics(run.info.run_id, metrics, 0)

@@ -116,6 +116,10 @@ def test_quant_error_analysis_runs_on_reused_and_new_checkpoints(smoke_run, tmp_
     for run in runs:
         assert 0 <= run.data.metrics["qerr_logits_b2"] < float("inf")
         assert "quant_error.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # Table 3's mbquant run was last reused by Fig. 3: Table 7 names and points at the run that trained.
+    assert "mbquant seed 0: identical to a run of table3_cifar100_resnet20_2468" in capsys.readouterr().out
+    sources = [client.get_run(r.data.tags["suite.reused_from"]) for r in runs if "suite.reused_from" in r.data.tags]
+    assert sources and all("suite.reused_from" not in s.data.tags for s in sources)
     clean = next(r for r in runs if r.data.tags["suite.arm"] == "mbquant clean")
     assert clean.data.metrics["qerr_weight_b4"] == 0  # branch-indexed bounds: fixed 2-bit weights
     out = tmp_path / "report.pdf"
