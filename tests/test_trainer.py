@@ -105,3 +105,26 @@ def test_weight_decay_exemptions_follow_the_recipe():
     assert id(t.model.head[1].weight) in exempt and id(t.model.classifier.bias) not in exempt
     quant = {id(p) for p in t.quantizer_params}
     assert not quant & {id(p) for g in groups for p in g["params"]}
+
+
+def test_compiled_training_forward_gives_the_eager_run(tmp_path, monkeypatch):
+    """``recipe.compile`` trains through torch.compile(model) (here its graph-capture-only ``eager`` backend, which
+    needs no compiler): same losses and accuracies as the eager run, checkpoints keyed like the eager model's."""
+    compiled, real_compile = [], torch.compile
+
+    def capture_only(model):
+        compiled.append(model)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", capture_only)
+    data = tiny_data()
+    short = Recipe(epochs=1, batch_size=32, lr=0.1, steps_per_epoch=2, eval_batch_size=256)
+    eager = fit(tiny_trainable(), data.train, data.val, short, seed=0, run_dir=tmp_path / "eager", progress=False)
+    assert not compiled
+    on = Recipe(**{**short.__dict__, "compile": True})
+    trainable = tiny_trainable()
+    graph = fit(trainable, data.train, data.val, on, seed=0, run_dir=tmp_path / "compiled", progress=False)
+    assert compiled == [trainable.model]
+    assert graph.history == eager.history and graph.final == eager.final
+    keys = torch.load(tmp_path / "compiled" / "best.pt", weights_only=False)["model"].keys()
+    assert keys == trainable.model.state_dict().keys()
