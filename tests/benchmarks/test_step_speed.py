@@ -7,6 +7,7 @@ ratio, and each baseline's joint step over the same bit-widths (four single-widt
 CIFAR ResNet-20 runs on every device; ImageNet ResNet-18 at 224x224 only on a GPU (minutes per step on a
 laptop CPU).
 """
+import copy
 import os
 
 import pytest
@@ -78,6 +79,19 @@ def test_mbquant_joint_step(benchmark, arch, conv_impl):
     t.initialize(t.model, [(x[:32], y[:32])] * len(BITS))
     opt = torch.optim.SGD(t.model.parameters(), lr=0.01, momentum=0.9)
     timed(benchmark, arch, joint_step, t, x, y, opt)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mbquant_joint_step_compiled(benchmark, arch):
+    """``recipe.compile``: the training forward through torch.compile (compiled during the warm-up round)."""
+    x, y = batch_for(arch)
+    t = mbquant.build(arch, SHAPES[arch][2], BITS, mbquant.Options())
+    t.model.to(DEVICE)
+    t.initialize(t.model, [(x[:32], y[:32])] * len(BITS))
+    opt = torch.optim.SGD(t.model.parameters(), lr=0.01, momentum=0.9)
+    compiled = copy.copy(t)
+    compiled.model = torch.compile(t.model)  # joint_step calls set_bits on it: the compiled wrapper forwards it
+    timed(benchmark, arch, joint_step, compiled, x, y, opt)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
