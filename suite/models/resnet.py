@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite.models.base import BitSwitchable
+from suite.models.mbquant_resnet_imagenet import BLOCKS_PER_STAGE, WIDTHS
 
 ConvFactory = Callable[..., nn.Module]  # (ci, co, kernel, stride, padding, groups=1) -> conv
 NormFactory = Callable[[int], nn.Module]
@@ -78,16 +79,14 @@ def cifar_resnet(depth: int, num_classes: int = 100, *, bits=(2, 4, 6, 8), conv:
                   conv=conv, norm=norm)
 
 
-IMAGENET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
-
-
 def imagenet_resnet(depth: int, num_classes: int = 1000, *, bits=(2, 4, 6, 8), conv: ConvFactory,
                     norm: NormFactory) -> ResNet:
-    """torchvision's ResNet-18/34 topology: 7x7 stride-2 stem + max-pool, four stages 64-128-256-512."""
-    if depth not in IMAGENET_BLOCKS:
-        raise ValueError(f"ImageNet ResNet depth must be one of {sorted(IMAGENET_BLOCKS)}, got {depth}")
-    return ResNet(stem_kernel=7, stem_stride=2, maxpool=True, widths=(64, 128, 256, 512),
-                  blocks_per_stage=IMAGENET_BLOCKS[depth], num_classes=num_classes, bits=bits, conv=conv, norm=norm)
+    """torchvision's ResNet-18/34 topology (= MBQuant's ImageNet ResNet with one branch): 7x7 stride-2 stem +
+    max-pool, four stages 64-128-256-512."""
+    if depth not in BLOCKS_PER_STAGE:
+        raise ValueError(f"ImageNet ResNet depth must be one of {sorted(BLOCKS_PER_STAGE)}, got {depth}")
+    return ResNet(stem_kernel=7, stem_stride=2, maxpool=True, widths=WIDTHS, blocks_per_stage=BLOCKS_PER_STAGE[depth],
+                  num_classes=num_classes, bits=bits, conv=conv, norm=norm)
 
 
 def resnet20(**kwargs) -> ResNet:

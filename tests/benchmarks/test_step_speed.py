@@ -7,14 +7,14 @@ ratio, and each baseline's joint step over the same bit-widths (four single-widt
 CIFAR ResNet-20 runs on every device; ImageNet ResNet-18 at 224x224 only on a GPU (minutes per step on a
 laptop CPU).
 """
-import copy
+import dataclasses
 import os
 
 import pytest
 import torch
 from torch import nn
 
-from suite.methods import METHODS, mbquant
+from suite.methods import METHODS
 from suite.models import create_model
 from suite.trainer import LOSS_POLICIES
 
@@ -70,28 +70,30 @@ def timed(benchmark, arch, step, *args):
         benchmark.extra_info["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(DEVICE) / 2**30, 2)
 
 
+def time_joint_step(benchmark, arch, name, options, compiled=False):
+    """Build ``name`` on ``arch``, calibrate it on the device, then time its 2-4-6-8 joint step."""
+    x, y = batch_for(arch)
+    method = METHODS[name]
+    t = method.build(arch, SHAPES[arch][2], BITS, method.Options(**options))
+    t.model.to(DEVICE)
+    if t.initialize:
+        t.initialize(t.model, [(x[:32], y[:32])] * len(BITS))
+    opt = torch.optim.SGD(t.model.parameters(), lr=0.01, momentum=0.9)
+    if compiled:  # as ``recipe.compile``; joint_step calls set_bits on the wrapper, which forwards it to the model
+        t = dataclasses.replace(t, model=torch.compile(t.model))
+    timed(benchmark, arch, joint_step, t, x, y, opt)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("conv_impl", ["grouped", "dense"])
 def test_mbquant_joint_step(benchmark, arch, conv_impl):
-    x, y = batch_for(arch)
-    t = mbquant.build(arch, SHAPES[arch][2], BITS, mbquant.Options(conv_impl=conv_impl))
-    t.model.to(DEVICE)
-    t.initialize(t.model, [(x[:32], y[:32])] * len(BITS))
-    opt = torch.optim.SGD(t.model.parameters(), lr=0.01, momentum=0.9)
-    timed(benchmark, arch, joint_step, t, x, y, opt)
+    time_joint_step(benchmark, arch, "mbquant", {"conv_impl": conv_impl})
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_mbquant_joint_step_compiled(benchmark, arch):
     """``recipe.compile``: the training forward through torch.compile (compiled during the warm-up round)."""
-    x, y = batch_for(arch)
-    t = mbquant.build(arch, SHAPES[arch][2], BITS, mbquant.Options())
-    t.model.to(DEVICE)
-    t.initialize(t.model, [(x[:32], y[:32])] * len(BITS))
-    opt = torch.optim.SGD(t.model.parameters(), lr=0.01, momentum=0.9)
-    compiled = copy.copy(t)
-    compiled.model = torch.compile(t.model)  # joint_step calls set_bits on it: the compiled wrapper forwards it
-    timed(benchmark, arch, joint_step, compiled, x, y, opt)
+    time_joint_step(benchmark, arch, "mbquant", {}, compiled=True)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -101,14 +103,7 @@ def test_mbquant_joint_step_compiled(benchmark, arch):
 ])
 def test_baseline_joint_step(benchmark, arch, name, options):
     """The same 2-4-6-8 joint step for each baseline, with the options the Table 1 / 3 manifests use."""
-    x, y = batch_for(arch)
-    method = METHODS[name]
-    t = method.build(arch, SHAPES[arch][2], BITS, method.Options(**options))
-    t.model.to(DEVICE)
-    if t.initialize:
-        t.initialize(t.model, [(x[:32], y[:32])] * len(BITS))
-    opt = torch.optim.SGD(t.model.parameters(), lr=0.01, momentum=0.9)
-    timed(benchmark, arch, joint_step, t, x, y, opt)
+    time_joint_step(benchmark, arch, name, options)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
