@@ -65,18 +65,16 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_import_checkpoint(args) -> int:
-    from suite.interop import evaluate_release_checkpoint
-    from suite.manifest import parse_set_options
+    from suite.interop import checkpoint_manifest
+    from suite.manifest import parse_set_options, resolve_manifest
+    from suite.runner import run_manifest
 
-    try:
-        evaluate_release_checkpoint(
-            args.checkpoint, model=args.model, dataset=args.dataset, setting=args.setting, data_root=args.data_root,
-            data_overrides=parse_set_options(args.set), results_dir=args.results, eval_batch_size=args.batch_size,
-            device=args.device, trusted=args.trust_checkpoint,
-        )
-    except ValueError as err:  # InteropError (names, key mapping) and data-config errors: a message, not a traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    doc, profile = checkpoint_manifest(
+        args.checkpoint, model=args.model, dataset=args.dataset, setting=args.setting, data_root=args.data_root,
+        data_overrides=parse_set_options(args.set), eval_batch_size=args.batch_size, device=args.device,
+        trusted=args.trust_checkpoint,
+    )
+    run_manifest(resolve_manifest(doc, args.checkpoint, profile), args.results, progress=False)
     return 0
 
 
@@ -128,14 +126,22 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--references", type=Path, default=None,
                        help="reference-number registry (default: results/paper/reference_numbers.csv)")
 
+    for p in (run, quick, imp):
+        p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                       help="import MODULE and register the method it defines as METHOD (repeatable)")
+
     args = parser.parse_args(argv)
     getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)  # progress lines appear as they happen, also under tox / CI
-    from suite.manifest import ManifestError
     from suite.data import DatasetNotFound
+    from suite.interop import InteropError
+    from suite.manifest import ManifestError
+    from suite.methods import PluginError, load_plugin
 
     try:
+        for module in getattr(args, "plugin", []):
+            load_plugin(module)
         return args.func(args)
-    except (ManifestError, DatasetNotFound) as err:
+    except (ManifestError, DatasetNotFound, InteropError, PluginError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -1,31 +1,31 @@
-"""Cost accounting measured on a model's real forward: MACs and BitOPs per bit-width.
+"""What a model costs, measured from the model itself: MACs / BitOPs of a real forward, and stored bits.
 
 BitOPs = sum over quantized layers of w_bits * a_bits * MACs of what actually runs (MBQuant's 3-bit partial
 branch included); full-precision layers (stem, classifier) are reported separately and counted at 32 x 32.
-A quantized layer reports its own cost through a ``macs_and_bitops(output) -> (macs, bitops)`` method, so this
-counter needs no knowledge of any method; plain ``nn.Conv2d`` / ``nn.Linear`` count as full precision.
+A quantized layer reports its own cost (``QuantizedLayer.macs_and_bitops``), so nothing here knows a method.
+
+Stored bits, by component (``COMPONENTS``); a method says only how many bits one body weight is stored at:
+
+- ``weights``:   the weight of every quantized layer x its stored bits;
+- ``bn``:        every BatchNorm's affine parameters and running mean / variance (``num_batches_tracked`` is
+                 a training counter, not needed to serve the model, and is not counted);
+- ``clip``:      every other parameter of a quantized layer (learnable bounds, clipping levels, steps);
+- ``fp_layers``: the parameters of full-precision ``nn.Conv2d`` / ``nn.Linear`` (stem conv, classifier).
+
+A parameter or buffer that fits none of these raises, so a method cannot silently store something unaccounted.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-FP_BITS = 32
+from suite.layers.base import FP_BITS, QuantizedLayer, conv_macs
 
-
-def conv_macs(out: torch.Tensor, weight_shape) -> int:
-    """MACs of one image through a (grouped) conv: each output element costs in_per_group * kh * kw."""
-    return out[0].numel() * weight_shape[1] * weight_shape[2] * weight_shape[3]
-
-
-class SameBitsCost:
-    """Mixin for a quantized conv whose weights and input activations are both at ``active_bits``."""
-
-    def macs_and_bitops(self, out: torch.Tensor) -> tuple[int, int]:
-        macs = conv_macs(out, self.weight.shape)
-        return macs, self.active_bits * self.active_bits * macs
+COMPONENTS = ("weights", "bn", "clip", "fp_layers")
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Cost:
 
 
 @torch.no_grad()
-def measure_cost(model: nn.Module, bits: int, input_size: tuple[int, int, int]) -> Cost:
+def measure_cost(model: nn.Module, bits, input_size: tuple[int, int, int]) -> Cost:
     """MACs/BitOPs of one image's forward at ``bits`` (eval mode, one dummy image of ``input_size``)."""
     quant = {"macs": 0, "bitops": 0}
     fp = {"macs": 0}
@@ -58,7 +58,7 @@ def measure_cost(model: nn.Module, bits: int, input_size: tuple[int, int, int]) 
             fp["macs"] += module.in_features * module.out_features
 
     for m in model.modules():
-        if hasattr(m, "macs_and_bitops"):
+        if isinstance(m, QuantizedLayer):
             hooks.append(m.register_forward_hook(on_quantized))
         elif isinstance(m, (nn.Conv2d, nn.Linear)):
             hooks.append(m.register_forward_hook(on_fp))
@@ -73,3 +73,29 @@ def measure_cost(model: nn.Module, bits: int, input_size: tuple[int, int, int]) 
             h.remove()
         model.train(was_training)
     return Cost(quant["macs"], quant["bitops"], fp["macs"])
+
+
+def stored_bits(model: nn.Module, weight_bits: Callable[[nn.Module], int]) -> dict[str, int]:
+    """Bits stored to serve every bit-width of ``model``, by component (keys ``COMPONENTS``, zeros kept)."""
+    out = dict.fromkeys(COMPONENTS, 0)
+    counted: set[int] = set()
+
+    def add(component: str, tensors, bits: int = FP_BITS) -> None:
+        for t in tensors:
+            if t is not None and id(t) not in counted:
+                counted.add(id(t))
+                out[component] += bits * t.numel()
+
+    for m in model.modules():
+        if isinstance(m, QuantizedLayer):
+            add("weights", [m.weight], weight_bits(m))
+            add("clip", m.parameters())
+        elif isinstance(m, _BatchNorm):
+            add("bn", [m.weight, m.bias, m.running_mean, m.running_var])
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
+            add("fp_layers", m.parameters(recurse=False))
+    unknown = [n for n, p in model.named_parameters() if id(p) not in counted]
+    unknown += [n for n, b in model.named_buffers() if id(b) not in counted and not n.endswith("num_batches_tracked")]
+    if unknown:
+        raise ValueError(f"storage accounting does not know {unknown}")
+    return out

@@ -1,4 +1,4 @@
-"""Interop with the authors' released checkpoints (zysxmu/MBQuant): import, export, evaluate, track.
+"""Interop with the authors' released checkpoints (zysxmu/MBQuant): their format, import and export.
 
 A released checkpoint is a ``torch.save``d dict ``{epoch, arch, state_dict, acc1, best_acc1, optimizer_m,
 optimizer_q, scheduler_m, scheduler_q}`` whose state-dict keys carry a ``module.`` prefix when it was saved
@@ -28,20 +28,17 @@ writes them back unchanged: import -> export is an exact round trip. A model tha
 checkpoint gets the values the release's constructor and initialisation leave there: ``output_scale`` 1.0,
 ``bkwd_scaling_factorW/A`` 0.0 (option.py defaults), ``init`` 0 (cleared after the calibration pass).
 
-``evaluate_release_checkpoint`` (CLI ``python -m suite import-checkpoint``) evaluates an imported checkpoint at
-every bit-width through the suite's data pipeline and logs it to MLflow as a finished ``arm-run``, so
-``suite.tracking.load_runs`` and the report pick it up like any trained run.
+``checkpoint_manifest`` describes the evaluation of one released checkpoint as a ``task: evaluate`` manifest,
+which the runner runs like any other (CLI ``python -m suite import-checkpoint``).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import pickle
-import platform
-import tempfile
 import warnings
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -50,7 +47,10 @@ import torch
 from torch import nn
 
 from suite.data import NUM_CLASSES
+from suite.layers.branch_selection import BN_SLOTS
+from suite.layers.multibranch import BOUND_NAMES as SUITE_BOUNDS
 from suite.methods import mbquant
+from suite.models.mbquant_resnet_cifar import MBQuantResNetCIFAR
 
 DDP_PREFIX = "module."
 EXPERIMENT = "release-checkpoints"  # MLflow experiment of imported-checkpoint evaluations
@@ -122,7 +122,7 @@ class ConvLayout:
     bkwd: bool  # ``bkwd_scaling_factorW`` / ``bkwd_scaling_factorA`` scalar buffers
 
 
-QCONV = ConvLayout(output_scales=mbquant.BN_SLOTS, bkwd=True)  # release QConv (CIFAR and ImageNet ResNets)
+QCONV = ConvLayout(output_scales=BN_SLOTS, bkwd=True)  # release QConv (CIFAR and ImageNet ResNets)
 DEPTHWISE = ConvLayout(output_scales=0, bkwd=False)  # release QConv_Tra_Mulit (MobileNetV1 depthwise)
 
 # Suite quantized-conv class name -> release layout. A quantized conv = a module with its own
@@ -169,7 +169,7 @@ def _release_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 def _is_quantized_conv(module: nn.Module) -> bool:
-    return all(name in module._parameters for name in mbquant.QUANTIZER_PARAMETERS)
+    return all(name in module._parameters for name in SUITE_BOUNDS)
 
 
 def release_layout(model: nn.Module, rename: Callable[[str], str] | None = None) -> list[ReleaseEntry]:
@@ -208,7 +208,7 @@ def release_layout(model: nn.Module, rename: Callable[[str], str] | None = None)
         layout = CONV_LAYOUTS[cls]
         # The release's order: the conv's own parameters (weight), own buffers (bkwd W/A, init), then the
         # ParameterLists uW, lW, uA, lA, output_scale.
-        plain(path, module, [n for n in own_params if n not in mbquant.QUANTIZER_PARAMETERS] + own_buffers)
+        plain(path, module, [n for n in own_params if n not in SUITE_BOUNDS] + own_buffers)
         extra = (["bkwd_scaling_factorW", "bkwd_scaling_factorA"] if layout.bkwd else []) + ["init"]
         for name in extra:
             shape, dtype = ((1,), torch.int64) if name == "init" else ((), torch.float32)
@@ -472,8 +472,6 @@ def export_release_checkpoint(model: nn.Module, path: str | os.PathLike, *, epoc
 
 def _guess_model(model: nn.Module) -> str:
     """CIFAR ResNet-n has n - 2 quantized body convs plus 2 quantized shortcut convs: n in all."""
-    from suite.models.mbquant_resnet_cifar import MBQuantResNetCIFAR
-
     convs = sum(1 for m in model.modules() if _is_quantized_conv(m))
     if isinstance(model, MBQuantResNetCIFAR) and f"resnet{convs}" in RELEASE_MODELS:
         return f"resnet{convs}"
@@ -494,147 +492,63 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _data_config(dataset: str, data_root: str | None, overrides: Mapping[str, Any]):
-    from suite.data import DataConfig
+def setting_of(bits: list[int]) -> str:
+    """The release setting (``SETTINGS``) that serves exactly ``bits``."""
+    for name, (setting_bits, _) in SETTINGS.items():
+        if list(bits) == setting_bits:
+            return name
+    raise InteropError(f"no released setting serves bits {bits}; known: "
+                       + ", ".join(f"{k} = {v[0]}" for k, v in SETTINGS.items()))
 
-    values: dict[str, Any] = {"dataset": dataset}
-    if data_root is not None:
-        values["root"] = str(data_root)
-    for dotted, value in overrides.items():
+
+def checkpoint_manifest(path: str | os.PathLike, *, model: str = "resnet20", dataset: str = "cifar100",
+                        setting: str = "2468", data_root: str | None = None,
+                        data_overrides: Mapping[str, Any] | None = None, eval_batch_size: int = 256,
+                        device: str = "auto", trusted: bool = False) -> tuple[dict, str]:
+    """A ``task: evaluate`` manifest for one released checkpoint, and the profile to run it at.
+
+    The runs go to the MLflow experiment ``release-checkpoints`` as manifest ``release_<dataset>_<model>_<setting>``,
+    arm ``<file name> (<sha256[:8]>)``, seed 0; profile ``paper`` on a release dataset's full validation split,
+    ``smoke`` otherwise (digits demo, val_limit). ``suite.collect.load_runs`` and the report pick them up like
+    any trained run.
+    """
+    _lookup(RELEASE_MODELS, model, "model")
+    _lookup(NUM_CLASSES, dataset, "dataset")
+    bits, selection = _lookup(SETTINGS, setting, "setting")
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise InteropError(f"checkpoint not found: {path}")
+    data: dict[str, Any] = {"dataset": dataset} | ({"root": str(data_root)} if data_root is not None else {})
+    for dotted, value in (data_overrides or {}).items():
         if not dotted.startswith("data.") or dotted.count(".") != 1:
             raise InteropError(f"--set {dotted}: import-checkpoint only takes data.* overrides "
                                f"(e.g. data.val_limit=500)")
-        values[dotted.split(".", 1)[1]] = value
-    known = set(DataConfig.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InteropError(f"unknown data field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    if values["dataset"] != dataset:
-        raise InteropError("set the dataset with --dataset, not --set data.dataset")
-    return DataConfig(**values)
-
-
-def evaluate_release_checkpoint(path: str | os.PathLike, *, model: str = "resnet20", dataset: str = "cifar100",
-                                setting: str = "2468", data_root: str | None = None,
-                                data_overrides: Mapping[str, Any] | None = None,
-                                results_dir: str | os.PathLike = "results", eval_batch_size: int = 256,
-                                device: str = "auto", trusted: bool = False,
-                                echo: Callable[[str], None] = print) -> dict[int, tuple[float, float]]:
-    """Import ``path``, evaluate top-1/top-5 at every bit-width on the dataset's validation split, log to MLflow.
-
-    The MLflow run (experiment ``release-checkpoints``) carries the runner's tags and ``final_top1_b{b}`` /
-    ``final_top5_b{b}`` metrics, so ``suite.tracking.load_runs`` returns it as a finished run: manifest
-    ``release_<dataset>_<model>_<setting>``, arm ``<file name> (<sha256[:8]>)``, seed 0, profile ``paper`` on a
-    release dataset's full validation split, ``smoke`` otherwise (digits demo, val_limit).
-    Returns {bits: (top1, top5)}.
-    """
-    from suite.data import build_data  # its DatasetNotFound propagates: the CLI prints it
-    from suite.manifest import config_hash, flatten
-    from suite.report import scale_label
-    from suite.tracking import Tracker, git_state
-    from suite.trainer import evaluate, resolve_device
-
-    path = Path(path)
-    data_cfg = _data_config(dataset, data_root, data_overrides or {})
-    # Fail fast on everything local before touching the tracking store: names, checkpoint, data.
-    net, report = load_release_checkpoint(path, model, dataset, setting, return_report=True, trusted=trusted)
-    data = build_data(data_cfg, batch_size=1, seed=0, eval_batch_size=eval_batch_size)
+        if dotted == "data.dataset":
+            raise InteropError("set the dataset with --dataset, not --set data.dataset")
+        data[dotted.split(".", 1)[1]] = value
     digest = sha256_file(path)
-    bits, selection = SETTINGS[setting]
-    dev = resolve_device(device)
-
-    profile = "paper" if dataset in RELEASE_DATASETS and data_cfg.val_limit is None else "smoke"
-    manifest = f"release_{dataset}_{model}_{setting}"
-    arm = f"{path.name} ({digest[:8]})"
-    spec = {"checkpoint_sha256": digest, "model": model, "setting": setting, "data": asdict(data_cfg),
-            "eval_batch_size": eval_batch_size}
-    run_key = f"{manifest}/{arm}/seed0/{config_hash(spec)}"
-    meta = report.metadata
-    tags = {
-        **git_state(Path(__file__).parent),
-        "torch.version": torch.__version__, "python.version": platform.python_version(),
-        "suite.device": str(dev), "suite.profile": profile, "suite.scale": scale_label(profile) or "paper-protocol",
-        "suite.manifest": manifest, "suite.manifest_version": "1", "suite.manifest_hash": config_hash(spec),
-        "suite.title": f"Released MBQuant checkpoint: {dataset} {model}, {'-'.join(map(str, bits))} bits",
-        "suite.paper_ref": "release checkpoint", "suite.paper_verified": "false",
-        "suite.checkpoint_path": str(path.resolve()), "suite.checkpoint_sha256": digest,
+    doc = {
+        "name": f"release_{dataset}_{model}_{setting}", "version": 1, "task": "evaluate", "experiment": EXPERIMENT,
+        "title": f"Released MBQuant checkpoint: {dataset} {model}, {'-'.join(map(str, bits))} bits",
+        "paper": {"ref": "release checkpoint", "verified": False},
+        "data": data, "model": {"arch": model},
+        "method": {"name": "mbquant", "bits": bits,
+                   "options": {"selection": selection, "variant": "release", "branches": RELEASE_SLOTS}},
+        "recipe": {"batch_size": eval_batch_size, "eval_batch_size": eval_batch_size, "device": device},
+        "checkpoint": {"path": str(path), "sha256": digest, "trusted": trusted},
+        "seeds": [0], "arms": [{"name": f"{path.name} ({digest[:8]})"}],
+        "profiles": {"paper": {}, "smoke": {}},
     }
-    run_tags = {**tags, "suite.arm": arm, "suite.seed": "0", "suite.method": "mbquant",
-                "suite.bits": ",".join(map(str, bits)), "suite.dataset": dataset, "suite.model": model,
-                "suite.setup": f"{data.description}; model {model}; released checkpoint {path.name}, "
-                               f"epoch {meta.get('epoch', '?')}, evaluated only"}
-    params = {"checkpoint.path": str(path.resolve()), "checkpoint.sha256": digest,
-              "checkpoint.epoch": meta.get("epoch"), "checkpoint.arch": meta.get("arch"),
-              "checkpoint.acc1": _plain(meta.get("acc1")), "checkpoint.best_acc1": _plain(meta.get("best_acc1")),
-              "checkpoint.ddp_prefix": bool(report.prefix), "model.arch": model, "method.name": "mbquant",
-              "method.bits": bits, "method.options.selection": selection, "method.options.variant": "release",
-              "setting": setting, "eval_batch_size": eval_batch_size,
-              "mapping.loaded": len(report.loaded), "mapping.ignored": len(report.ignored),
-              **flatten({"data": asdict(data_cfg)})}
-
-    tracker = Tracker(Path(results_dir))
-    experiment = tracker.experiment_id(EXPERIMENT)
-    parent = tracker.start_parent(experiment, f"import {path.name}", tags, params)
-    run_id, _ = tracker.start_child(experiment, parent, arm, run_key, run_tags, params)
-    echo(f"{path} (sha256 {digest[:12]}, epoch {meta.get('epoch', '?')}): {len(report.loaded)} tensors loaded, "
-         f"{len(report.ignored)} ignored; evaluating {model} {setting} on {data.description}")
-    status = "FAILED"
-    try:
-        net.to(dev)
-        results = evaluate(net, bits, data.val, dev)
-        final = {}
-        for b, (top1, top5) in results.items():
-            final[f"final_top1_b{b}"], final[f"final_top5_b{b}"] = top1, top5
-        final["final_top1_mean"] = sum(v[0] for v in results.values()) / len(results)
-        for b, v in _stored_acc1(meta.get("acc1"), bits).items():
-            final[f"release_acc1_b{b}"] = v
-        tracker.log_metrics(run_id, final, 0)
-        _log_artifacts(tracker, run_id, net, results, report)
-        tracker.finish(run_id)
-        status = "FINISHED"
-    except BaseException as err:
-        tracker.finish(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
-    finally:
-        tracker.finish(parent, status)
-    echo(format_results(results, meta.get("acc1"), bits))
-    echo(f"MLflow run {run_id} in experiment {EXPERIMENT!r} ({tracker.uri})")
-    return results
+    full = dataset in RELEASE_DATASETS and data.get("val_limit") is None
+    return doc, "paper" if full else "smoke"
 
 
-def _plain(value):
-    if isinstance(value, np.ndarray):
-        return [round(float(v), 4) for v in value.reshape(-1)]
-    if isinstance(value, (np.generic, torch.Tensor)):
-        return float(value)
-    return value
-
-
-def _stored_acc1(acc1, bits: list[int]) -> dict[int, float]:
-    """The checkpoint's own per-bit top-1, when it has one per bit-width and is not the all-zero placeholder."""
-    if acc1 is None or np.size(acc1) != len(bits):
-        return {}
-    values = np.asarray(acc1, dtype=float).reshape(-1)
-    return {} if not values.any() else {b: float(v) for b, v in zip(bits, values)}
-
-
-def format_results(results: dict[int, tuple[float, float]], release_acc1=None, bits=None) -> str:
+def format_results(results: dict[int, tuple[float, float]], stored: Mapping[int, float] | None = None) -> str:
     """The printed table: one line per bit-width (and the checkpoint's own stored acc1 where it has one)."""
-    stored = _stored_acc1(release_acc1, bits) if bits is not None else {}
+    stored = stored or {}
     lines = [f"{'bits':>4}  {'top-1 %':>8}  {'top-5 %':>8}" + ("  checkpoint acc1 %" if stored else "")]
     for b, (t1, t5) in sorted(results.items()):
         lines.append(f"{b:>4}  {t1:>8.2f}  {t5:>8.2f}" + (f"  {stored[b]:>17.2f}" if stored else ""))
     return "\n".join(lines)
 
 
-def _log_artifacts(tracker, run_id: str, model: nn.Module, results, report: ImportReport) -> None:
-    import pandas as pd
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        pd.DataFrame([{"bits": b, "top1": t1, "top5": t5} for b, (t1, t5) in sorted(results.items())]).to_csv(
-            tmp / "final_metrics.csv", index=False)
-        rename = RELEASE_MODELS[model.release_meta["model"]].rename
-        pd.DataFrame(mapping_table(model, rename)).to_csv(tmp / "key_mapping.csv", index=False)
-        for p in sorted(tmp.iterdir()):
-            tracker.log_artifact(run_id, p)

@@ -17,8 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from suite.data import DataConfig
-from suite.methods import METHODS
-from suite.trainer import Recipe
+from suite.methods import method as registered_method
+from suite.recipe import Recipe
 
 
 class ManifestError(ValueError):
@@ -46,9 +46,7 @@ class MethodSpec(_Strict):
 
     @model_validator(mode="after")
     def _method_options(self):
-        if self.name not in METHODS:
-            raise ValueError(f"unknown method {self.name!r}; known: {', '.join(sorted(METHODS))}")
-        method = METHODS[self.name]
+        method = registered_method(self.name)
         try:
             options = TypeAdapter(method.Options).validate_python(self.options)
         except ValidationError as err:
@@ -60,6 +58,14 @@ class MethodSpec(_Strict):
         return self
 
 
+class CheckpointSpec(_Strict):
+    """The checkpoint a ``task: evaluate`` manifest evaluates (the release's format)."""
+
+    path: str
+    sha256: str = Field(description="the file's SHA-256: part of the run's identity, checked before evaluating")
+    trusted: bool = Field(False, description="allow arbitrary pickled objects in the file (only for files you trust)")
+
+
 class Arm(_Strict):
     name: str
     set: dict[str, Any] = Field(default_factory=dict, description="dotted overrides, e.g. method.options.selection")
@@ -69,9 +75,11 @@ class Manifest(_Strict):
     name: str
     version: int = Field(ge=1, description="bump when the experiment's meaning changes")
     title: str
-    task: Literal["train", "costs"] = Field(
+    task: Literal["train", "costs", "evaluate"] = Field(
         "train", description="train: every (arm, seed) through the trainer; costs: storage and BitOPs of every "
-        "arm's model, measured without training or data")
+        "arm's model, measured without training or data; evaluate: a released checkpoint at every bit-width")
+    experiment: str | None = Field(None, description="MLflow experiment of the runs (default: the manifest name)")
+    checkpoint: CheckpointSpec | None = None
     paper: PaperReference
     data: DataConfig
     model: ModelSpec
@@ -92,6 +100,16 @@ class Manifest(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"arm names must be unique, got {names}")
         return arms
+
+    @model_validator(mode="after")
+    def _checkpoint_for_evaluate(self):
+        if (self.task == "evaluate") != (self.checkpoint is not None):
+            raise ValueError("a `checkpoint` is needed by task: evaluate, and only there")
+        return self
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.name
 
 
 def set_dotted(doc: dict, dotted: str, value: Any) -> None:
@@ -152,8 +170,9 @@ class ResolvedArm(BaseModel):
     def run_spec(self) -> dict:
         """What determines a run's result besides its seed (not which manifest or arm asks for it)."""
         c = self.config
-        return {"data": asdict(c.data), "model": c.model.model_dump(), "method": c.method.model_dump(),
+        spec = {"data": asdict(c.data), "model": c.model.model_dump(), "method": c.method.model_dump(),
                 "recipe": asdict(c.recipe)}
+        return spec | ({"checkpoint": c.checkpoint.model_dump()} if c.checkpoint else {})
 
     def run_key(self, seed: int) -> str:
         """A run's identity: identical configurations share it, across arms and manifests."""
@@ -191,8 +210,12 @@ def read_manifest_file(path: Path) -> dict:
 
 def load_manifest(path: str | Path, profile: str = "paper", overrides: dict[str, Any] | None = None) -> LoadedManifest:
     """Read, resolve and validate a manifest; raises ManifestError before anything is run or written."""
-    path = Path(path)
-    doc = read_manifest_file(path)
+    return resolve_manifest(read_manifest_file(Path(path)), Path(path), profile, overrides)
+
+
+def resolve_manifest(doc: dict, path: Path, profile: str = "paper",
+                     overrides: dict[str, Any] | None = None) -> LoadedManifest:
+    """Validate a manifest document (``path`` names it in errors), apply ``profile`` and ``overrides``, resolve arms."""
     base = _validate(doc, path, "base document")
     for name, profile_overrides in base.profiles.items():  # every profile must be valid, not only this one
         _validate(apply_overrides(doc, profile_overrides), path, f"profile `{name}`")

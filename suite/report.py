@@ -18,20 +18,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+import torch
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
+from suite.plots import new_figure
+from suite.records import PAPER_PROFILE, RUN_COLUMNS, scale_label
+from suite.references import REGISTRY, reference_for_report
+from suite.collect import load_costs, load_runs
+from suite.tracking import git_state, tracking_uri
+
 SUITE_NAME = "MBQuant reproducibility suite"
 PAPER_CITATION = "MBQuant, Zhong et al., arXiv:2305.08117"
-PAPER_PROFILE = "paper"
 NOT_TRANSCRIBED = "not transcribed"
 DASH = "–"
 
-RUN_COLUMNS = (
-    "manifest", "manifest_version", "title", "paper_ref", "paper_verified", "profile", "arm", "method",
-    "seed", "bits", "top1", "top5", "dataset", "model", "run_id",
-)
+REQUIRED_COLUMNS = RUN_COLUMNS[:RUN_COLUMNS.index("run_id") + 1]  # what a runs table must have to be reported
 REFERENCE_COLUMNS = ("manifest", "arm", "bits", "top1", "source")
 KEYS = ["manifest", "profile", "arm", "bits"]
 
@@ -40,18 +42,13 @@ FIGURE_SIZE = (9.0, 5.5)  # accuracy figure, same in the PDF and the PNG
 TABLE_ROWS_PER_PAGE = 22  # fits A4 landscape at 9 pt with a title and footnotes
 
 
-def scale_label(profile: str) -> str:
-    """'' for the paper profile, '<profile>-scale' (e.g. 'smoke-scale') for any other."""
-    return "" if profile == PAPER_PROFILE else f"{profile}-scale"
-
-
 # ---------------------------------------------------------------------------------------------- input checks
 
 def _check_runs(runs: pd.DataFrame | None, source: str | None = None) -> None:
     """Fail before anything is written: empty input, missing columns, or one seed counted twice."""
     if runs is None or runs.empty:
         raise ValueError(f"no finished runs found in {source or 'the runs table'}; nothing to report")
-    missing = [c for c in RUN_COLUMNS if c not in runs.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in runs.columns]
     if missing:
         raise ValueError(f"runs table lacks columns {missing}")
     # Two finished runs of the same seed would be double-counted in the mean and the SD; the caller must pick one.
@@ -147,13 +144,6 @@ def format_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------------ the figure
 
-def _new_figure(size: tuple[float, float]) -> Figure:
-    # A bare Figure on an Agg canvas, not pyplot: no global backend switch and no figure registry to leak.
-    fig = Figure(figsize=size)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _one(runs: pd.DataFrame, column: str):
     values = runs[column].unique()
     if len(values) != 1:
@@ -208,7 +198,7 @@ def accuracy_figure(runs: pd.DataFrame) -> Figure:
     data = runs.assign(arm_label=runs["arm"].map(legend))
 
     bits = sorted(int(b) for b in runs["bits"].unique())
-    fig = _new_figure(FIGURE_SIZE)
+    fig = new_figure(FIGURE_SIZE)
     for ax, panel in _model_panels(fig, data):
         arms = sorted(panel["arm"].unique())
         sns.lineplot(
@@ -242,7 +232,7 @@ def storage_figure(runs: pd.DataFrame) -> Figure:
     label = scale_label(profile)
     points = runs.groupby(["arm", "bits"], as_index=False).agg(top1=("top1", "mean"), storage_mib=("storage_mib", "mean"))
     points = points.merge(runs.groupby("arm", as_index=False)["model"].first(), on="arm")
-    fig = _new_figure(FIGURE_SIZE)
+    fig = new_figure(FIGURE_SIZE)
     for ax, panel in _model_panels(fig, points):
         sns.scatterplot(data=panel, x="storage_mib", y="top1", hue="arm", style="arm", s=70, ax=ax)
         for r in panel.itertuples():
@@ -270,7 +260,7 @@ def has_quant_error(runs: pd.DataFrame) -> bool:
 def quant_error_figure(runs: pd.DataFrame) -> Figure:
     """Mean relative error per layer vs the largest bit-width, per arm: what switching bit-width costs."""
     label = scale_label(_one(runs, "profile"))
-    fig = _new_figure(PAGE_SIZE)
+    fig = new_figure(PAGE_SIZE)
     axes = fig.subplots(2, 2).ravel()
     for ax, (column, title) in zip(axes, QERR_PANELS.items()):
         data = runs.dropna(subset=[column])
@@ -327,7 +317,7 @@ def _stamp(fig: Figure, profile: str | None, page: int, total: int) -> None:
 
 
 def _title_page(runs: pd.DataFrame, summary: pd.DataFrame, header: dict[str, str]) -> Figure:
-    fig = _new_figure(PAGE_SIZE)
+    fig = new_figure(PAGE_SIZE)
     lines = [
         (SUITE_NAME, 22, "bold"),
         (f"Report of finished runs — {PAPER_CITATION}", 12, "normal"),
@@ -362,7 +352,7 @@ def _title_page(runs: pd.DataFrame, summary: pd.DataFrame, header: dict[str, str
 
 
 def _table_page(rows: pd.DataFrame, heading: str, note: str, part: str) -> Figure:
-    fig = _new_figure(PAGE_SIZE)
+    fig = new_figure(PAGE_SIZE)
     fig.text(0.04, 0.95, heading + part, fontsize=11, weight="bold", va="top", wrap=True)
     cells = format_summary(rows)
     ax = fig.add_axes((0.04, 0.08, 0.92, 0.80))
@@ -387,7 +377,7 @@ def cost_table_page(costs: pd.DataFrame) -> Figure:
     bitops = costs.pivot(index="arm", columns="bits", values="bitops") / 1e9
     table = storage.join(bitops.rename(columns=lambda b: f"{b}-bit GBitOPs")).reset_index()
     cells = [[str(v) if not isinstance(v, float) else f"{v:.3f}" for v in row] for row in table.itertuples(index=False)]
-    fig = _new_figure(PAGE_SIZE)
+    fig = new_figure(PAGE_SIZE)
     fig.text(0.04, 0.95, f"{costs['title'].iloc[0]}\n{costs['manifest'].iloc[0]} — {_paper_note(costs)}",
              fontsize=11, weight="bold", va="top")
     ax = fig.add_axes((0.04, 0.08, 0.92, 0.78))
@@ -423,7 +413,7 @@ def write_report(
     """
     has_costs = costs is not None and not costs.empty
     if has_costs and (runs is None or runs.empty):  # a cost analysis alone still makes a report
-        runs = pd.DataFrame(columns=list(RUN_COLUMNS))
+        runs = pd.DataFrame(columns=REQUIRED_COLUMNS)
     else:
         _check_runs(runs, source)
     out_pdf = Path(out_pdf)
@@ -490,30 +480,10 @@ def count_pdf_pages(path: Path) -> int:
     return len(_PAGE_OBJECT.findall(Path(path).read_bytes()))
 
 
-# ------------------------------------------------------------------------------------ per-run and entry point
-
-def training_curves_figure(history: pd.DataFrame, bits: list[int], title: str) -> Figure:
-    """Validation top-1 per bit-width and mean training loss over epochs, for one run's artifacts."""
-    fig = _new_figure((9.0, 4.0))
-    acc, loss = fig.subplots(1, 2)
-    for b in bits:
-        acc.plot(history["epoch"] + 1, history[f"val_top1_b{b}"], marker="o", label=f"{b}-bit")
-        loss.plot(history["epoch"] + 1, history[f"train_loss_b{b}"], marker="o", label=f"{b}-bit")
-    acc.set(xlabel="epoch", ylabel="val top-1 (%)")
-    loss.set(xlabel="epoch", ylabel="train loss")
-    acc.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
-
+# ------------------------------------------------------------------------------------------- entry point
 
 def build_report(results_dir: Path, out_pdf: Path, references: Path | None = None) -> int:
     """Collect the finished runs from the tracking store and write the PDF (figures as PNGs beside it)."""
-    import torch
-
-    from suite.references import REGISTRY, reference_for_report
-    from suite.tracking import git_state, load_costs, load_runs, tracking_uri
-
     uri = tracking_uri(results_dir)
     runs, costs = load_runs(results_dir), load_costs(results_dir)
     references = Path(references or REGISTRY)

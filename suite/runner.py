@@ -1,10 +1,14 @@
-"""Runs a resolved manifest: every (arm, seed) through the shared trainer, each tracked as an MLflow run."""
+"""Runs a resolved manifest: every (arm, seed) job as one tracked MLflow run under one parent run per invocation.
+
+Tasks (``task`` in the manifest): ``train`` through the shared trainer, ``costs`` (storage and BitOPs of the
+untrained models), ``evaluate`` (a released checkpoint at every bit-width). A run is identified by its
+configuration: an identical run that finished, in this manifest or another, is reused, not run again.
+"""
 from __future__ import annotations
 
 import platform
 import re
-from dataclasses import asdict
-import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -14,13 +18,22 @@ import yaml
 
 from suite.costs import measure_cost
 from suite.data import build_data, num_classes
-from suite.manifest import LoadedManifest, ResolvedArm, flatten
-from suite.methods import METHODS
-from suite.report import scale_label, training_curves_figure
+from suite.interop import format_results, load_release_checkpoint, mapping_table, setting_of, sha256_file
+from suite.manifest import LoadedManifest, Manifest, ResolvedArm, flatten
+from suite.methods import Trainable, method as registered_method
+from suite.plots import training_curves_figure
+from suite.quant_error import measure_switching_error, summarize
+from suite.records import final_metrics, scale_label
 from suite.tracking import Tracker, git_state
-from suite.trainer import fit, resolve_device, seed_everything
+from suite.trainer import evaluate, fit, resolve_device, seed_everything
 
 ANALYSIS_METRIC_PREFIXES = ("qerr_",)  # metrics an ``analyses`` entry logs (suite.quant_error)
+
+
+def build_trainable(cfg: Manifest, classes: int) -> Trainable:
+    """The configured method on the configured model."""
+    spec = registered_method(cfg.method.name)
+    return spec.build(cfg.model.arch, classes, cfg.method.bits, spec.Options(**cfg.method.options))
 
 
 def tag_key(text: str) -> str:
@@ -28,7 +41,8 @@ def tag_key(text: str) -> str:
     return re.sub(r"[^\w\-. :/]", "_", text)
 
 
-def _common_tags(loaded: LoadedManifest) -> dict[str, str]:
+def manifest_tags(loaded: LoadedManifest) -> dict[str, str]:
+    """Tags every run of one invocation carries: code, environment, manifest, profile and its scale."""
     m = loaded.manifest
     return {
         **git_state(Path(__file__).parent),
@@ -42,182 +56,144 @@ def _common_tags(loaded: LoadedManifest) -> dict[str, str]:
     }
 
 
+@dataclass
+class Invocation:
+    """One ``run`` of a manifest: where its runs go and how it reports."""
+
+    loaded: LoadedManifest
+    tracker: Tracker
+    experiment: str
+    parent: str
+    tags: dict[str, str]
+    results_dir: Path
+    progress: bool
+    echo: Callable[[str], None]
+
+    def arm_tags(self, arm: ResolvedArm, seed: int) -> dict[str, str]:
+        cfg = arm.config
+        return {**self.tags, "suite.arm": arm.name, "suite.seed": str(seed), "suite.method": cfg.method.name,
+                "suite.bits": ",".join(map(str, cfg.method.bits)), "suite.dataset": cfg.data.dataset,
+                "suite.model": cfg.model.arch}
+
+    def run_dir(self, arm: ResolvedArm, seed: int) -> Path:
+        # Keyed by configuration, so a killed run resumes whichever manifest started it.
+        cfg = arm.config
+        return self.results_dir / "runs" / f"{cfg.model.arch}-{cfg.method.name}" / f"{arm.run_key(seed)}-seed{seed}"
+
+
 def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = True,
                  echo: Callable[[str], None] = print) -> pd.DataFrame:
     """Run every (arm, seed) not already finished; returns one row per (arm, seed, bit-width).
 
-    A ``task: costs`` manifest instead measures each arm's storage and BitOPs (no data, no training).
+    Everything that can be checked without the tracking store (datasets, checkpoints) is checked first, so a
+    missing file fails before any run is opened or anything is written.
     """
-    results_dir = Path(results_dir)
-    costs_only = loaded.manifest.task == "costs"
-    # Pre-flight: a missing dataset fails here, before any run is opened or anything is written.
-    for data_cfg in {yaml.safe_dump(asdict(a.config.data)): a.config.data for a in loaded.arms}.values():
-        if not costs_only:
-            build_data(data_cfg, loaded.manifest.recipe.batch_size, seed=0)
-    tracker = Tracker(results_dir)
     m = loaded.manifest
-    experiment = tracker.experiment_id(m.name)
-    tags = _common_tags(loaded)
+    checkpoints = {arm.name: _read_checkpoint(arm) for arm in loaded.arms} if m.task == "evaluate" else {}
+    if m.task != "costs":
+        for data_cfg in {yaml.safe_dump(asdict(a.config.data)): a.config.data for a in loaded.arms}.values():
+            build_data(data_cfg, m.recipe.batch_size, seed=0)
+
+    tracker = Tracker(results_dir)
+    experiment = tracker.experiment_id(m.experiment_name)
+    tags = manifest_tags(loaded)
     parent = tracker.start_parent(experiment, f"{m.name} [{loaded.profile}]", tags,
                                   flatten(m.model_dump(mode="json", exclude={"profiles", "arms"})))
-    runs = f"{len(loaded.arms)} arm(s)" + ("" if costs_only else f" x {len(m.seeds)} seed(s)")
+    inv = Invocation(loaded, tracker, experiment, parent, tags, Path(results_dir), progress, echo)
+    runs = f"{len(loaded.arms)} arm(s)" + (f" x {len(m.seeds)} seed(s)" if m.task == "train" else "")
     echo(f"{m.name} ({m.paper.ref}, profile {loaded.profile}): {runs}; MLflow {tracker.uri}")
-    rows, status = [], "FAILED"
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            resolved = Path(tmp) / f"{m.name}.{loaded.profile}.resolved.yaml"
-            resolved.write_text(loaded.resolved_yaml())
-            tracker.log_artifact(parent, resolved)
+    rows: list[dict] = []
+    with tracker.running(parent):
+        with tracker.artifact_dir(parent) as tmp:
+            (tmp / f"{m.name}.{loaded.profile}.resolved.yaml").write_text(loaded.resolved_yaml())
         for arm in loaded.arms:
-            if costs_only:
-                rows += _measure_costs(tracker, experiment, parent, arm, tags, echo)
-                continue
-            for seed in m.seeds:
-                rows += _run_one(tracker, experiment, parent, loaded, arm, seed, tags, results_dir, progress, echo)
-        if costs_only:
-            _report_costs(tracker, parent, pd.DataFrame(rows), m.name, echo)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.finish(parent, status)
+            if m.task == "costs":
+                rows += _cost_run(inv, arm)
+            elif m.task == "evaluate":
+                rows += _evaluate_run(inv, arm, *checkpoints[arm.name])
+            else:
+                for seed in m.seeds:
+                    rows += _train_run(inv, arm, seed)
+        if m.task == "costs":
+            _report_costs(inv, pd.DataFrame(rows))
     return pd.DataFrame(rows)
 
 
-def _run_one(tracker: Tracker, experiment: str, parent: str, loaded: LoadedManifest, arm: ResolvedArm, seed: int,
-             tags: dict, results_dir: Path, progress: bool, echo) -> list[dict]:
+# ---------------------------------------------------------------------------------------------------- train
+
+
+def _train_run(inv: Invocation, arm: ResolvedArm, seed: int) -> list[dict]:
     cfg, key, name = arm.config, arm.run_key(seed), f"{arm.name} seed {seed}"
-    run_tags = {**tags, "suite.arm": arm.name, "suite.seed": str(seed), "suite.method": cfg.method.name,
-                "suite.bits": ",".join(map(str, cfg.method.bits)), "suite.dataset": cfg.data.dataset,
-                "suite.model": cfg.model.arch}
-    # Checkpoints are keyed by configuration, so a killed run resumes whichever manifest started it.
-    run_dir = results_dir / "runs" / f"{cfg.model.arch}-{cfg.method.name}" / f"{key}-seed{seed}"
+    tracker, echo = inv.tracker, inv.echo
+    run_dir = inv.run_dir(arm, seed)
     # An identical configuration that finished here or in another manifest is not trained again.
-    previous = tracker.find(key, experiment, status="FINISHED") or tracker.find(key, status="FINISHED")
+    previous = tracker.find(key, inv.experiment, status="FINISHED") or tracker.find(key, status="FINISHED")
     if previous is not None:
         record, metrics = previous.info.run_id, previous.data.metrics
-        if previous.info.experiment_id == experiment:
-            echo(f"  {arm.name} seed {seed}: finished earlier (run {record}), not run again")
-            tracker.set_tags(parent, {tag_key(f"suite.reused.{arm.name}.seed{seed}"): record})
+        if previous.info.experiment_id == inv.experiment:
+            echo(f"  {name}: finished earlier (run {record}), not run again")
+            tracker.set_tags(inv.parent, {tag_key(f"suite.reused.{arm.name}.seed{seed}"): record})
         else:
             previous = tracker.original(previous)
             # Analysis results belong to the manifest that asked for them: the record carries training results only.
             metrics = {k: v for k, v in previous.data.metrics.items() if not k.startswith(ANALYSIS_METRIC_PREFIXES)}
-            record = tracker.record_reuse(previous, experiment, parent, name, run_tags, metrics)
-            echo(f"  {arm.name} seed {seed}: identical to a run of {previous.data.tags.get('suite.manifest')} "
+            record = tracker.record_reuse(previous, inv.experiment, inv.parent, name, inv.arm_tags(arm, seed), metrics)
+            echo(f"  {name}: identical to a run of {previous.data.tags.get('suite.manifest')} "
                  f"that finished earlier (run {previous.info.run_id}): its results are reused")
-        _run_analyses(tracker, record, metrics, arm, seed, run_dir, echo)
+        _run_analyses(inv, record, metrics, arm, seed, run_dir)
         return _final_rows(arm, seed, metrics)
 
-    run_id, reopened = tracker.start_child(experiment, parent, name, key, run_tags,
+    run_id, reopened = tracker.start_child(inv.experiment, inv.parent, name, key, inv.arm_tags(arm, seed),
                                            {**flatten(arm.run_spec), "seed": seed})
-    echo(f"  {arm.name} seed {seed}: {'resuming' if reopened else 'training'} (run {run_id})")
-    try:
+    echo(f"  {name}: {'resuming' if reopened else 'training'} (run {run_id})")
+    with tracker.running(run_id):
         seed_everything(seed)
         data = build_data(cfg.data, cfg.recipe.batch_size, seed, cfg.recipe.eval_batch_size)
-        method = METHODS[cfg.method.name]
-        trainable = method.build(cfg.model.arch, data.num_classes, cfg.method.bits, method.Options(**cfg.method.options))
+        trainable = build_trainable(cfg, data.num_classes)
         r = cfg.recipe
         steps = f"{r.steps_per_epoch} steps" if r.steps_per_epoch else "full epochs"
         tracker.set_tags(run_id, {"suite.setup": f"{data.description}; model {cfg.model.arch}; {r.epochs} epochs x "
                                                  f"{steps}, batch {r.batch_size}, lr {r.lr}, lr_quant {r.lr_quant}"})
-        result = fit(trainable, data.train, data.val, cfg.recipe, seed=seed, run_dir=run_dir, progress=progress,
+        result = fit(trainable, data.train, data.val, cfg.recipe, seed=seed, run_dir=run_dir, progress=inv.progress,
                      log=lambda metrics, step: tracker.log_metrics(run_id, metrics, step))
-        final = {}
-        for b, (top1, top5) in result.final.items():
-            final[f"final_top1_b{b}"], final[f"final_top5_b{b}"] = top1, top5
-        final["final_top1_mean"] = sum(v[0] for v in result.final.values()) / len(result.final)
-        final["best_epoch"] = result.best_epoch
-        final.update(_cost_metrics(method, trainable.model, cfg.method.bits, data.image_size))
+        final = final_metrics(result.final) | {"best_epoch": result.best_epoch}
+        final |= _cost_metrics(cfg, trainable.model, data.image_size)
         tracker.log_metrics(run_id, final, max(result.best_epoch, 0))
-        _log_run_artifacts(tracker, run_id, arm, seed, result)
-        tracker.finish(run_id)
-    except BaseException as err:
-        tracker.finish(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
+        with tracker.artifact_dir(run_id) as tmp:
+            _write_run_artifacts(tmp, arm, seed, result)
     echo("    " + "  ".join(f"{b}-bit {t1:.2f}%" for b, (t1, _) in sorted(result.final.items())))
-    _run_analyses(tracker, run_id, final, arm, seed, run_dir, echo)
+    _run_analyses(inv, run_id, final, arm, seed, run_dir)
     return _final_rows(arm, seed, final)
 
 
-def _run_analyses(tracker: Tracker, run_id: str, metrics: dict, arm: ResolvedArm, seed: int, run_dir: Path,
-                  echo) -> None:
+def _write_run_artifacts(folder: Path, arm: ResolvedArm, seed: int, result) -> None:
+    (folder / "resolved_manifest.yaml").write_text(yaml.safe_dump(arm.config.model_dump(mode="json"), sort_keys=False))
+    pd.DataFrame([{"bits": b, "top1": t1, "top5": t5} for b, (t1, t5) in sorted(result.final.items())]).to_csv(
+        folder / "final_metrics.csv", index=False)
+    pd.DataFrame(result.history).to_csv(folder / "history.csv", index=False)
+    fig = training_curves_figure(pd.DataFrame(result.history), arm.config.method.bits,
+                                 title=f"{arm.config.name} / {arm.name} / seed {seed}")
+    fig.savefig(folder / "training_curves.png", dpi=120)
+
+
+def _run_analyses(inv: Invocation, run_id: str, metrics: dict, arm: ResolvedArm, seed: int, run_dir: Path) -> None:
     """The manifest's ``analyses`` on the run's best checkpoint, logged to the run (once)."""
     cfg = arm.config
     if "quant_error" not in cfg.analyses or any(k.startswith(ANALYSIS_METRIC_PREFIXES) for k in metrics):
         return
-    from suite.quant_error import measure_switching_error, summarize
-
     checkpoint = next((p for p in (run_dir / "best.pt", run_dir / "last.pt") if p.exists()), None)
     if checkpoint is None:
-        echo(f"    quant_error: no checkpoint under {run_dir}; analysis not run")
+        inv.echo(f"    quant_error: no checkpoint under {run_dir}; analysis not run")
         return
     data = build_data(cfg.data, cfg.recipe.batch_size, seed, cfg.recipe.eval_batch_size)
-    method = METHODS[cfg.method.name]
-    model = method.build(cfg.model.arch, data.num_classes, cfg.method.bits, method.Options(**cfg.method.options)).model
+    model = build_trainable(cfg, data.num_classes).model
     model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
     x, _ = next(iter(data.val))  # the first validation batch: deterministic, no augmentation
     table = measure_switching_error(model, cfg.method.bits, x)
-    tracker.log_metrics(run_id, summarize(table), 0)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "quant_error.csv"
-        table.to_csv(path, index=False)
-        tracker.log_artifact(run_id, path)
-    echo(f"    quant_error: {len(table)} rows logged ({checkpoint.name})")
-
-
-def _measure_costs(tracker: Tracker, experiment: str, parent: str, arm: ResolvedArm, tags: dict, echo) -> list[dict]:
-    """One tracked run per arm: stored bits and per-image MACs / BitOPs of the untrained model (they do not
-    depend on the weights' values)."""
-    cfg, key = arm.config, "costs-" + arm.run_key(0)
-    previous = tracker.find(key, experiment)
-    if previous is not None and previous.info.status == "FINISHED":
-        echo(f"  {arm.name}: measured earlier (run {previous.info.run_id}), not measured again")
-        metrics = previous.data.metrics
-    else:
-        run_tags = {**tags, "suite.arm": arm.name, "suite.method": cfg.method.name, "suite.model": cfg.model.arch,
-                    "suite.bits": ",".join(map(str, cfg.method.bits)), "suite.dataset": cfg.data.dataset}
-        run_id, _ = tracker.start_child(experiment, parent, arm.name, key, run_tags, flatten(arm.run_spec),
-                                        kind="cost-run")
-        try:
-            method = METHODS[cfg.method.name]
-            trainable = method.build(cfg.model.arch, num_classes(cfg.data.dataset), cfg.method.bits,
-                                     method.Options(**cfg.method.options))
-            metrics = _cost_metrics(method, trainable.model, cfg.method.bits, cfg.data.image_size)
-            tracker.log_metrics(run_id, metrics, 0)
-            tracker.finish(run_id)
-        except BaseException as err:
-            tracker.finish(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-            raise
-    return [{"arm": arm.name, "method": cfg.method.name, "bits": b, "storage_mib": metrics["storage_mib"],
-             **{f"{k.removeprefix('storage_bits_')}_mib": v / 8 / 2**20 for k, v in metrics.items()
-                if k.startswith("storage_bits_")},
-             "macs_M": metrics[f"macs_b{b}"] / 1e6, "bitops_G": metrics[f"bitops_b{b}"] / 1e9,
-             "fp_macs_M": metrics[f"fp_macs_b{b}"] / 1e6} for b in cfg.method.bits]
-
-
-def _report_costs(tracker: Tracker, parent: str, table: pd.DataFrame, name: str, echo) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{name}.costs.csv"
-        table.to_csv(path, index=False)
-        tracker.log_artifact(parent, path)
-    storage = table.drop_duplicates("arm").set_index("arm").filter(like="_mib").round(3)
-    bitops = table.pivot(index="arm", columns="bits", values="bitops_G").round(3)
-    bitops.columns = [f"{b}-bit GBitOPs" for b in bitops.columns]
-    echo("storage (MiB, all bit-widths served) and BitOPs per image (G; quantized layers, FP layers apart):\n"
-         + storage.join(bitops).to_string())
-
-
-def _cost_metrics(method, model, bits: list[int], image_size: int) -> dict[str, float]:
-    """Stored bits by component (and MiB in all) and per-image MACs / BitOPs at every bit-width."""
-    storage = method.storage_bits(model)
-    out = {f"storage_bits_{k}": v for k, v in storage.items()}
-    out["storage_mib"] = sum(storage.values()) / 8 / 2**20
-    for b in bits:
-        cost = measure_cost(model, b, (3, image_size, image_size))
-        out[f"macs_b{b}"], out[f"bitops_b{b}"], out[f"fp_macs_b{b}"] = cost.quantized_macs, cost.quantized_bitops, cost.fp_macs
-    return out
+    inv.tracker.log_metrics(run_id, summarize(table), 0)
+    with inv.tracker.artifact_dir(run_id) as tmp:
+        table.to_csv(tmp / "quant_error.csv", index=False)
+    inv.echo(f"    quant_error: {len(table)} rows logged ({checkpoint.name})")
 
 
 def _final_rows(arm: ResolvedArm, seed: int, metrics: dict) -> list[dict]:
@@ -225,15 +201,115 @@ def _final_rows(arm: ResolvedArm, seed: int, metrics: dict) -> list[dict]:
              "top5": metrics.get(f"final_top5_b{b}")} for b in arm.config.method.bits]
 
 
-def _log_run_artifacts(tracker: Tracker, run_id: str, arm: ResolvedArm, seed: int, result) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        (tmp / "resolved_manifest.yaml").write_text(yaml.safe_dump(arm.config.model_dump(mode="json"), sort_keys=False))
-        pd.DataFrame([{"bits": b, "top1": t1, "top5": t5} for b, (t1, t5) in sorted(result.final.items())]).to_csv(
-            tmp / "final_metrics.csv", index=False)
-        pd.DataFrame(result.history).to_csv(tmp / "history.csv", index=False)
-        fig = training_curves_figure(pd.DataFrame(result.history), arm.config.method.bits,
-                                     title=f"{arm.config.name} / {arm.name} / seed {seed}")
-        fig.savefig(tmp / "training_curves.png", dpi=120)
-        for path in sorted(tmp.iterdir()):
-            tracker.log_artifact(run_id, path)
+# ---------------------------------------------------------------------------------------------------- costs
+
+
+def _cost_metrics(cfg: Manifest, model, image_size: int) -> dict[str, float]:
+    """Stored bits by component (and MiB in all) and per-image MACs / BitOPs at every bit-width."""
+    storage = registered_method(cfg.method.name).storage_bits(model)
+    out = {f"storage_bits_{k}": v for k, v in storage.items()}
+    out["storage_mib"] = sum(storage.values()) / 8 / 2**20
+    for b in cfg.method.bits:
+        cost = measure_cost(model, b, (3, image_size, image_size))
+        out[f"macs_b{b}"], out[f"bitops_b{b}"] = cost.quantized_macs, cost.quantized_bitops
+        out[f"fp_macs_b{b}"] = cost.fp_macs
+    return out
+
+
+def _cost_run(inv: Invocation, arm: ResolvedArm) -> list[dict]:
+    """One tracked run per arm: stored bits and per-image MACs / BitOPs of the untrained model (they do not
+    depend on the weights' values)."""
+    cfg, key, tracker = arm.config, "costs-" + arm.run_key(0), inv.tracker
+    previous = tracker.find(key, inv.experiment, status="FINISHED")
+    if previous is not None:
+        inv.echo(f"  {arm.name}: measured earlier (run {previous.info.run_id}), not measured again")
+        metrics = previous.data.metrics
+    else:
+        tags = {k: v for k, v in inv.arm_tags(arm, 0).items() if k != "suite.seed"}
+        run_id, _ = tracker.start_child(inv.experiment, inv.parent, arm.name, key, tags, flatten(arm.run_spec),
+                                        kind="cost-run")
+        with tracker.running(run_id):
+            model = build_trainable(cfg, num_classes(cfg.data.dataset)).model
+            metrics = _cost_metrics(cfg, model, cfg.data.image_size)
+            tracker.log_metrics(run_id, metrics, 0)
+    return [{"arm": arm.name, "method": cfg.method.name, "bits": b, "storage_mib": metrics["storage_mib"],
+             **{f"{k.removeprefix('storage_bits_')}_mib": v / 8 / 2**20 for k, v in metrics.items()
+                if k.startswith("storage_bits_")},
+             "macs_M": metrics[f"macs_b{b}"] / 1e6, "bitops_G": metrics[f"bitops_b{b}"] / 1e9,
+             "fp_macs_M": metrics[f"fp_macs_b{b}"] / 1e6} for b in cfg.method.bits]
+
+
+def _report_costs(inv: Invocation, table: pd.DataFrame) -> None:
+    with inv.tracker.artifact_dir(inv.parent) as tmp:
+        table.to_csv(tmp / f"{inv.loaded.manifest.name}.costs.csv", index=False)
+    storage = table.drop_duplicates("arm").set_index("arm").filter(like="_mib").round(3)
+    bitops = table.pivot(index="arm", columns="bits", values="bitops_G").round(3)
+    bitops.columns = [f"{b}-bit GBitOPs" for b in bitops.columns]
+    inv.echo("storage (MiB, all bit-widths served) and BitOPs per image (G; quantized layers, FP layers apart):\n"
+             + storage.join(bitops).to_string())
+
+
+# ------------------------------------------------------------------------------------------------- evaluate
+
+
+def _read_checkpoint(arm: ResolvedArm):
+    """The released checkpoint of an ``evaluate`` arm, loaded into the suite's model and checked (before any run
+    is opened): (model, import report)."""
+    cfg = arm.config
+    path = Path(cfg.checkpoint.path)
+    net, report = load_release_checkpoint(path, cfg.model.arch, cfg.data.dataset, setting_of(cfg.method.bits),
+                                          return_report=True, trusted=cfg.checkpoint.trusted)
+    if sha256_file(path) != cfg.checkpoint.sha256:
+        raise ValueError(f"{path}: its SHA-256 is not the manifest's checkpoint.sha256 (the file changed)")
+    return net, report
+
+
+def _evaluate_run(inv: Invocation, arm: ResolvedArm, net, report) -> list[dict]:
+    cfg, key, tracker = arm.config, arm.run_key(0), inv.tracker
+    previous = tracker.find(key, inv.experiment, status="FINISHED")
+    if previous is not None:
+        inv.echo(f"  {arm.name}: evaluated earlier (run {previous.info.run_id}), not evaluated again")
+        return _final_rows(arm, 0, previous.data.metrics)
+    meta, path = report.metadata, Path(cfg.checkpoint.path)
+    data = build_data(cfg.data, cfg.recipe.batch_size, 0, cfg.recipe.eval_batch_size)
+    tags = inv.arm_tags(arm, 0) | {
+        "suite.checkpoint_path": str(path), "suite.checkpoint_sha256": cfg.checkpoint.sha256,
+        "suite.setup": f"{data.description}; model {cfg.model.arch}; released checkpoint {path.name}, "
+                       f"epoch {meta.get('epoch', '?')}, evaluated only"}
+    params = {**flatten(arm.run_spec), "seed": 0, "checkpoint.epoch": meta.get("epoch"),
+              "checkpoint.arch": meta.get("arch"), "checkpoint.acc1": _plain(meta.get("acc1")),
+              "checkpoint.best_acc1": _plain(meta.get("best_acc1")), "checkpoint.ddp_prefix": bool(report.prefix),
+              "mapping.loaded": len(report.loaded), "mapping.ignored": len(report.ignored)}
+    run_id, _ = tracker.start_child(inv.experiment, inv.parent, arm.name, key, tags, params)
+    inv.echo(f"{path} (sha256 {cfg.checkpoint.sha256[:12]}, epoch {meta.get('epoch', '?')}): {len(report.loaded)} "
+             f"tensors loaded, {len(report.ignored)} ignored; evaluating {cfg.model.arch} on {data.description}")
+    with tracker.running(run_id):
+        device = resolve_device(cfg.recipe.device)
+        results = evaluate(net.to(device), cfg.method.bits, data.val, device)
+        metrics = final_metrics(results) | {f"release_acc1_b{b}": v for b, v in
+                                            _stored_acc1(meta.get("acc1"), cfg.method.bits).items()}
+        tracker.log_metrics(run_id, metrics, 0)
+        with tracker.artifact_dir(run_id) as tmp:
+            pd.DataFrame([{"bits": b, "top1": t1, "top5": t5} for b, (t1, t5) in sorted(results.items())]).to_csv(
+                tmp / "final_metrics.csv", index=False)
+            pd.DataFrame(mapping_table(net)).to_csv(tmp / "key_mapping.csv", index=False)
+    inv.echo(format_results(results, _stored_acc1(meta.get("acc1"), cfg.method.bits)))
+    inv.echo(f"MLflow run {run_id} in experiment {cfg.experiment_name!r} ({tracker.uri})")
+    return _final_rows(arm, 0, metrics)
+
+
+def _plain(value):
+    """A checkpoint's numpy / tensor metadata as plain Python numbers for MLflow params."""
+    if hasattr(value, "reshape") and getattr(value, "ndim", 0) > 0:
+        return [round(float(v), 4) for v in value.reshape(-1)]
+    if hasattr(value, "item"):
+        return float(value)
+    return value
+
+
+def _stored_acc1(acc1, bits: list[int]) -> dict[int, float]:
+    """The checkpoint's own per-bit top-1, when it has one per bit-width and is not the all-zero placeholder."""
+    if acc1 is None:
+        return {}
+    values = [float(v) for v in (acc1.reshape(-1) if hasattr(acc1, "reshape") else acc1)]
+    return {b: v for b, v in zip(bits, values)} if len(values) == len(bits) and any(values) else {}

@@ -1,14 +1,13 @@
-"""The one training loop every method goes through (mbquant.md §6), top to bottom.
+"""The one training loop every method goes through, top to bottom.
 
-A method hands the trainer a ``Trainable``: a model with ``set_bits(b)``, its bit list, which parameters
-are quantizer parameters, and its loss policy. Each iteration, on one batch, every bit-width is run in the
-reverse of the listed order (largest first for ascending lists), each with its own backward into the same
-gradients, then one step of each optimizer: SGD for the weights, Adam for the quantizer parameters, both on
-a per-epoch cosine schedule. After every epoch all bit-widths are evaluated; the best mean top-1 is kept.
+A method hands the trainer a ``Trainable`` (``suite.methods.api``): the model, its bit list, its loss and its
+optimiser parameter groups. Each iteration, on one batch, every bit-width runs in the reverse of the listed
+order (largest first for ascending lists), each with its own backward into the same gradients, then one step
+of every optimiser (``train_step``), all on a per-epoch cosine schedule. After every epoch all bit-widths are
+evaluated; the best mean top-1 is kept.
 
-The loop knows nothing of any particular method, of MLflow or of manifests: progress goes out through the
-``log`` callback, state into ``run_dir`` (a killed run resumes from its last epoch; a finished one is not
-run again).
+The loop knows no method, no MLflow and no manifest: progress goes out through the ``log`` callback, state
+into ``run_dir`` (a killed run resumes from its last epoch; a finished one is not run again).
 """
 from __future__ import annotations
 
@@ -17,90 +16,22 @@ import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Literal
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from suite.methods.api import ParamGroup, Trainable
+from suite.recipe import Recipe
 
 try:
     from tqdm.auto import tqdm
-except ImportError:  # the bare GPU image has no tqdm; progress bars are a nicety
+except ImportError:  # a bare GPU image may lack tqdm; progress bars are a nicety
     def tqdm(iterable, **_):
         return iterable
 
-
-@dataclass
-class Recipe:
-    """Optimisation recipe (``recipe`` in a manifest). Defaults: the published CIFAR recipe (mbquant.md §7)."""
-
-    __pydantic_config__ = {"extra": "forbid"}
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_quant: float = 1e-4
-    no_weight_decay_on: list[Literal["bn", "depthwise"]] = field(default_factory=list)  # MobileNetV1's recipe
-    steps_per_epoch: int | None = None  # cap on training steps per epoch (smoke profiles)
-    eval_batch_size: int | None = None  # defaults to batch_size
-    device: str = "auto"  # auto: CUDA when present, else CPU
-    # torch.compile the training forward: one compilation per bit-width (minutes), then a faster joint step;
-    # evaluation stays eager. Bit-Mixer's random layer-wise stage recompiles per draw: leave it off there.
-    compile: bool = False
-
-
-@dataclass
-class Trainable:
-    """What a method supplies to the trainer."""
-
-    model: nn.Module  # exposes set_bits(b)
-    bits: list[int]  # as listed in the manifest; trained in reverse order
-    quantizer_params: list[nn.Parameter]  # optimised by Adam; every other parameter by SGD
-    loss_policy: str  # a key of LOSS_POLICIES
-    initialize: Callable[[nn.Module, Iterable], None] | None = None  # e.g. quantizer calibration batches
-    on_epoch_start: Callable[[int, int], None] | None = None  # (epoch, epochs), e.g. a staged schedule
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Loss policies: (logits, targets, logits of the bit-widths already run this step, largest first) -> loss
-# ----------------------------------------------------------------------------------------------------------
-
-
-def soft_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """-sum_c p_c log softmax(z)_c with p = softmax(teacher), averaged over the batch, temperature 1."""
-    return -(F.softmax(teacher_logits, dim=1) * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-
-
-def _ce_only(logits, targets, earlier):
-    return F.cross_entropy(logits, targets)
-
-
-def _inplace_distillation(logits, targets, earlier):
-    """The first bit-width run (the largest) learns from labels and teaches every other one."""
-    if not earlier:
-        return F.cross_entropy(logits, targets)
-    return 0.5 * (soft_cross_entropy(logits, earlier[0]) + F.cross_entropy(logits, targets))
-
-
-def _recursive_distillation(logits, targets, earlier):
-    """Each bit-width learns from the one run just before it (the next higher); the first from labels."""
-    if not earlier:
-        return F.cross_entropy(logits, targets)
-    return soft_cross_entropy(logits, earlier[-1])
-
-
-LOSS_POLICIES = {
-    "none": _ce_only,
-    "inplace": _inplace_distillation,
-    "recursive": _recursive_distillation,
-}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Helpers
-# ----------------------------------------------------------------------------------------------------------
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 
 
 def seed_everything(seed: int) -> None:
@@ -113,6 +44,38 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def make_optimizers(groups: list[ParamGroup]) -> list[torch.optim.Optimizer]:
+    """One optimiser per kind named in ``groups``, in order of first appearance, holding its groups."""
+    kinds = dict.fromkeys(g.optimizer for g in groups if g.params)
+    return [OPTIMIZERS[kind]([g.torch_group() for g in groups if g.optimizer == kind and g.params]) for kind in kinds]
+
+
+def training_forward(model: nn.Module, recipe: Recipe) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What the training step calls: the model itself, or ``torch.compile(model)`` (sharing its parameters)."""
+    return torch.compile(model) if recipe.compile else model
+
+
+def train_step(trainable: Trainable, forward: Callable[[torch.Tensor], torch.Tensor],
+               optimizers: list[torch.optim.Optimizer], x: torch.Tensor, y: torch.Tensor) -> dict[int, torch.Tensor]:
+    """One joint step: every bit-width on ``(x, y)``, largest first, each backward into the shared gradients, then
+    every optimiser steps. ``forward`` is the model or a wrapper of it (compiled, DDP). Returns the detached
+    losses by bit-width, left on the device (no host synchronisation)."""
+    for o in optimizers:
+        o.zero_grad(set_to_none=True)
+    earlier: list[torch.Tensor] = []
+    losses = {}
+    for b in reversed(trainable.bits):
+        trainable.model.set_bits(b)
+        logits = forward(x)
+        loss = trainable.loss(logits, y, earlier)
+        loss.backward()
+        earlier.append(logits.detach())
+        losses[b] = loss.detach()
+    for o in optimizers:
+        o.step()
+    return losses
 
 
 def _reseed(loader: Iterable, value: int) -> None:
@@ -140,26 +103,9 @@ def _save_atomically(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _weight_groups(model: nn.Module, quantizer_params: list[nn.Parameter], recipe: Recipe) -> list[dict]:
-    """SGD parameter groups: every non-quantizer parameter, without weight decay where the recipe says so
-    (BN affine parameters; depthwise conv weights, i.e. 4-D with one input channel per group)."""
-    quant_ids = {id(p) for p in quantizer_params}
-    exempt = set()
-    for m in model.modules():
-        if "bn" in recipe.no_weight_decay_on and isinstance(m, nn.modules.batchnorm._BatchNorm):
-            exempt |= {id(p) for p in m.parameters(recurse=False)}
-        weight = getattr(m, "weight", None)
-        if "depthwise" in recipe.no_weight_decay_on and isinstance(weight, nn.Parameter) and weight.dim() == 4 \
-                and weight.shape[1] == 1:
-            exempt.add(id(weight))
-    params = [p for p in model.parameters() if id(p) not in quant_ids]
-    groups = [{"params": [p for p in params if id(p) not in exempt]},
-              {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, bits: list[int], loader: Iterable, device: torch.device) -> dict[int, tuple[float, float]]:
+def evaluate(model: nn.Module, bits: list[int], loader: Iterable,
+             device: torch.device) -> dict[int, tuple[float, float]]:
     """Top-1 / top-5 accuracy (percent) at every bit-width, model in eval mode."""
     model.eval()
     results = {}
@@ -175,11 +121,6 @@ def evaluate(model: nn.Module, bits: list[int], loader: Iterable, device: torch.
             total += y.numel()
         results[b] = (100.0 * correct1 / total, 100.0 * correct5 / total)
     return results
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The loop
-# ----------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -225,11 +166,7 @@ def fit(
 
     device = resolve_device(recipe.device)
     model, bits = trainable.model.to(device), trainable.bits
-    loss_fn = LOSS_POLICIES[trainable.loss_policy]
-    opt_w = torch.optim.SGD(_weight_groups(model, trainable.quantizer_params, recipe), lr=recipe.lr,
-                            momentum=recipe.momentum, weight_decay=recipe.weight_decay)
-    opt_q = torch.optim.Adam(trainable.quantizer_params, lr=recipe.lr_quant) if trainable.quantizer_params else None
-    optimizers = [o for o in (opt_w, opt_q) if o is not None]
+    optimizers = make_optimizers(trainable.param_groups(recipe))
     schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=recipe.epochs, eta_min=0) for o in optimizers]
 
     start_epoch, best_mean, best_epoch, best_final, history, resumed_from = 0, 0.0, -1, {}, [], None
@@ -247,7 +184,7 @@ def fit(
         _reseed(train_loader, seed * 100_003 - 1)
         trainable.initialize(model, _to(device, train_loader))
 
-    forward = torch.compile(model) if recipe.compile else model  # shares the model's parameters
+    forward = training_forward(model, recipe)
     metrics = best_final
     for epoch in range(start_epoch, recipe.epochs):
         # Re-seed per epoch so a resumed run sees the same batches, augmentation and sampling as an unbroken one.
@@ -255,29 +192,21 @@ def fit(
         if trainable.on_epoch_start is not None:
             trainable.on_epoch_start(epoch, recipe.epochs)
         model.train()
-        loss_sums, steps = {b: 0.0 for b in bits}, 0
+        # float64 sums on the device: the same values as summing loss.item() in Python, without a sync per step
+        loss_sums = {b: torch.zeros((), dtype=torch.float64, device=device) for b in bits}
+        steps = 0
         batches = _to(device, _limited(train_loader, recipe.steps_per_epoch))
         total = recipe.steps_per_epoch or (len(train_loader) if hasattr(train_loader, "__len__") else None)
         for x, y in tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False,
                          disable=not progress):
-            for o in optimizers:
-                o.zero_grad(set_to_none=True)
-            earlier: list[torch.Tensor] = []
-            for b in reversed(bits):
-                model.set_bits(b)
-                logits = forward(x)
-                loss = loss_fn(logits, y, earlier)
-                loss.backward()
-                earlier.append(logits.detach())
-                loss_sums[b] += loss.item()
-            for o in optimizers:
-                o.step()
+            for b, loss in train_step(trainable, forward, optimizers, x, y).items():
+                loss_sums[b] += loss
             steps += 1
         for sch in schedulers:
             sch.step()
 
         metrics = evaluate(model, bits, val_loader, device)
-        row = metric_names(bits, metrics, {b: loss_sums[b] / max(steps, 1) for b in bits})
+        row = metric_names(bits, metrics, {b: loss_sums[b].item() / max(steps, 1) for b in bits})
         history.append({"epoch": epoch, **row})
         if row["val_top1_mean"] > best_mean:  # strictly greater, starting from 0 (the release's rule)
             best_mean, best_epoch, best_final = row["val_top1_mean"], epoch, metrics

@@ -9,11 +9,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from suite.costs import measure_cost
 from suite.methods import adabits, anyprecision, dedicated
-from suite.methods.adabits import AdaBitsConv, nested_grid
-from suite.methods.anyprecision import DoReFaConv
-from suite.methods.common import PerBitBatchNorm
-from suite.methods.dedicated import LearnedBoundsConv
-from suite.quant import HALF_NORMAL_STD
+from suite.layers.adabits import AdaBitsConv, nested_grid
+from suite.layers.dorefa import DoReFaConv
+from suite.layers.learned_bounds import BOUND_NAMES, LearnedBoundsConv
+from suite.layers.norms import PerBitBatchNorm
+from suite.layers.quant import HALF_NORMAL_STD
+from suite.losses import inplace_distillation, labels_only, recursive_distillation
 from suite.trainer import Recipe, fit, seed_everything
 
 METHODS = {"dedicated": dedicated, "anyprecision": anyprecision, "adabits": adabits}
@@ -94,7 +95,7 @@ def test_adabits_codes_are_nested_so_lower_bits_come_from_the_highest_bits_codes
     code4 = torch.div(code8, 16, rounding_mode="floor")
     q4 = 2 * (code4 + (0.5 if grid == "centered" else 0)) / 16 - 1
     conv.active_bits = 4
-    assert torch.allclose(conv.quantized_weight(), q4 / math.sqrt(16 * 9) / q4.std(), rtol=1e-6, atol=0)
+    assert torch.allclose(conv.quantized_weight(conv.active_bits), q4 / math.sqrt(16 * 9) / q4.std(), rtol=1e-6, atol=0)
 
 
 def test_adabits_pact_activations_and_calibrated_alpha():
@@ -111,7 +112,7 @@ def test_adabits_pact_activations_and_calibrated_alpha():
     trainable.model(batches[0][0])
     x = seen["x"].clamp(0, alphas[2])
     expected = torch.round(x / alphas[2] * 3) / 3 * alphas[2]
-    w = conv.quantized_weight()
+    w = conv.quantized_weight(conv.active_bits)
     assert torch.allclose(conv(seen["x"]), F.conv2d(expected, w, None, 2, 1), atol=1e-5)
     assert build("adabits", [2], alpha_init=8.0).model.layer1[0].conv1.alpha["2"].item() == 8.0
 
@@ -126,12 +127,12 @@ def test_anyprecision_8_bit_weights_approximate_the_fp_path_and_32_bits_is_exact
     scale = w.abs().mean()
     fp = torch.tanh(w) / torch.tanh(w).abs().max() * scale
     conv.active_bits = 32
-    assert torch.equal(conv.quantized_weight(), fp)
+    assert torch.equal(conv.quantized_weight(conv.active_bits), fp)
     x = 3 * torch.rand(2, 16, 8, 8)  # values above 1 are not clamped on the FP path
     assert torch.equal(conv(x), F.conv2d(x, fp, None, 1, 1))
     for b in (1, 2, 4, 8):
         conv.active_bits = b
-        q = conv.quantized_weight()
+        q = conv.quantized_weight(conv.active_bits)
         levels = torch.unique(torch.round((q / scale + 1) / 2 * (2**b - 1)))
         assert len(levels) <= 2**b and levels.min() >= 0 and levels.max() <= 2**b - 1
     assert (q - fp).norm() / fp.norm() < 0.01
@@ -140,9 +141,9 @@ def test_anyprecision_8_bit_weights_approximate_the_fp_path_and_32_bits_is_exact
 
 
 def test_anyprecision_has_no_quantizer_parameters_and_maps_distillation():
-    assert build("anyprecision", [2, 4]).quantizer_params == []
-    policies = {d: build("anyprecision", [2, 4], distillation=d).loss_policy for d in ("recursive", "hard", "soft")}
-    assert policies == {"recursive": "recursive", "hard": "none", "soft": "inplace"}
+    assert build("anyprecision", [2, 4]).params_of("quantizer") == []
+    policies = {d: build("anyprecision", [2, 4], distillation=d).loss for d in ("recursive", "hard", "soft")}
+    assert policies == {"recursive": recursive_distillation, "hard": labels_only, "soft": inplace_distillation}
 
 
 # -- what each bit-width owns ------------------------------------------------------------------------------
@@ -168,8 +169,8 @@ def test_dedicated_models_share_nothing_and_train_independently():
     models = trainable.model.models
     storages = {b: {p.untyped_storage().data_ptr() for p in m.parameters()} for b, m in models.items()}
     assert not storages["2"] & storages["4"] and not storages["4"] & storages["32"] and not storages["2"] & storages["32"]
-    assert {id(p) for p in trainable.quantizer_params} == {
-        id(p) for n, p in models.named_parameters() if n.rsplit(".", 1)[-1] in dedicated.BOUNDS}
+    assert {id(p) for p in trainable.params_of("quantizer")} == {
+        id(p) for n, p in models.named_parameters() if n.rsplit(".", 1)[-1] in BOUND_NAMES}
     trainable.initialize(trainable.model, synthetic())
     before = snapshot(models["2"])
     train_steps(trainable.model, 4)

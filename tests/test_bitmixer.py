@@ -9,7 +9,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from suite.costs import measure_cost
 from suite.methods import bitmixer as bm
-from suite.methods.bitmixer import TransitionalBatchNorm, lsq_quantize
+from suite.layers.lsq import TransitionalBatchNorm, activation_range, lsq_quantize, transition_key, weight_range
+from suite.methods import common
 from suite.trainer import Recipe, fit
 
 INPUT = (3, 16, 16)
@@ -19,7 +20,7 @@ def built(bits=(2, 4), arch="resnet8", options=None, calibrate=True, seed=0):
     torch.manual_seed(seed)
     trainable = bm.build(arch, 10, list(bits), options or bm.Options())
     if calibrate:
-        bm.calibrate(trainable.model, list(bits), [(torch.randn(8, *INPUT), None) for _ in bits])
+        common.calibrate(trainable.model, list(bits), [(torch.randn(8, *INPUT), None) for _ in bits])
     return trainable
 
 
@@ -32,7 +33,7 @@ def transitional_bns(model):
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_lsq_levels_and_gradients(bits):
-    qn, qp = bm.weight_range(bits)
+    qn, qp = weight_range(bits)
     v = torch.linspace(-3, 3, 20001, requires_grad=True)
     step = torch.tensor(2.0 / qp if qp else 1.0, requires_grad=True)
     q = lsq_quantize(v, step, qn, qp, v.numel())
@@ -46,7 +47,7 @@ def test_lsq_levels_and_gradients(bits):
 
 
 def test_activation_quantizer_is_unsigned():
-    qn, qp = bm.activation_range(3)
+    qn, qp = activation_range(3)
     x = torch.linspace(-1, 10, 5001)
     q = lsq_quantize(x, torch.tensor(1.0), qn, qp, x.numel())
     assert torch.round(q).unique().tolist() == list(range(0, 8))
@@ -55,7 +56,7 @@ def test_activation_quantizer_is_unsigned():
 def test_steps_are_initialised_lsq_style():
     model = built(calibrate=False).model
     x = torch.rand(8, *INPUT)
-    bm.calibrate(model, [2, 4], [(x, None), (x, None)])
+    common.calibrate(model, [2, 4], [(x, None), (x, None)])
     conv = model._convs[1]
     assert conv.initialized(2) and conv.initialized(4)
     assert torch.isclose(conv.w_step[conv.slot[4]], 2 * conv.weight.abs().mean() / 7 ** 0.5)
@@ -96,7 +97,7 @@ def test_transition_bn_is_indexed_by_previous_and_current_bits():
         block, leaf = conv_name.split(".", 2)[:2], conv_name.split(".", 2)[2]
         bn_name = ".".join(block + [bn_of[leaf]])
         p = previous[conv_name]
-        expected = bm.transition_key(bits_of[conv_name] if p is None else bits_of[p], bits_of[conv_name])
+        expected = transition_key(bits_of[conv_name] if p is None else bits_of[p], bits_of[conv_name])
         changed = {k for k, b in modules[bn_name].bn.items() if not torch.equal(b.running_mean, before[bn_name][k])}
         assert changed == {expected}, (conv_name, changed, expected)
     # a uniform configuration uses the (b, b) entries

@@ -1,26 +1,64 @@
 """End to end through the real entry point: manifest -> trainer -> MLflow runs -> PDF report."""
+import io
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from helpers import EXPERIMENTS, copy_store
 from suite.cli import main
 from suite.report import count_pdf_pages
 from suite.tracking import tracking_uri
 
-MANIFEST = str(Path(__file__).resolve().parents[1] / "experiments" / "table3_cifar100_resnet20_2468.yaml")
+MANIFEST = str(EXPERIMENTS / "table3_cifar100_resnet20_2468.yaml")
+FIG3 = str(EXPERIMENTS / "fig3_selection_x_distillation.yaml")
+TABLE7 = str(EXPERIMENTS / "table7_quantization_error.yaml")
 FAST = ["--set", "recipe.epochs=2", "--set", "recipe.steps_per_epoch=2", "--no-progress"]
+
+# Stores filled once per module, in the order a user would run the manifests; every test works on its own copy.
+
+
+def run_smoke(manifest, results, capsys) -> str:
+    assert main(["run", manifest, "--profile", "smoke", "--results", str(results), *FAST]) == 0
+    return capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
-def smoke_run(results_dir):
-    assert main(["run", MANIFEST, "--profile", "smoke", "--results", str(results_dir), *FAST]) == 0
-    return results_dir
+def table3_store(tmp_path_factory, empty_store):
+    results = copy_store(empty_store, tmp_path_factory.mktemp("table3") / "results")
+    assert main(["run", MANIFEST, "--profile", "smoke", "--results", str(results), *FAST]) == 0
+    return results
 
 
-def arm_runs(results_dir):
+@pytest.fixture(scope="module")
+def fig3_store(tmp_path_factory, table3_store):
+    """Table 3, then Fig. 3 (which reuses one of Table 3's runs); with Fig. 3's output."""
+    results = copy_store(table3_store, tmp_path_factory.mktemp("fig3") / "results")
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["run", FIG3, "--profile", "smoke", "--results", str(results), *FAST]) == 0
+    return results, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def table7_store(tmp_path_factory, fig3_store):
+    """Table 3, Fig. 3, then Table 7 (error analysis on reused and new runs); with Table 7's output."""
+    results = copy_store(fig3_store[0], tmp_path_factory.mktemp("table7") / "results")
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["run", TABLE7, "--profile", "smoke", "--results", str(results), *FAST]) == 0
+    return results, out.getvalue()
+
+
+@pytest.fixture
+def smoke_run(table3_store, tmp_path):
+    return copy_store(table3_store, tmp_path / "results")
+
+
+def arm_runs(results_dir, experiment="table3_cifar100_resnet20_2468"):
     client = MlflowClient(tracking_uri(results_dir))
-    exp = client.get_experiment_by_name("table3_cifar100_resnet20_2468")
+    exp = client.get_experiment_by_name(experiment)
     return client, client.search_runs([exp.experiment_id], "tags.`suite.kind` = 'arm-run'")
 
 
@@ -58,8 +96,7 @@ def test_report_is_written(smoke_run, tmp_path, capsys):
 
 @pytest.mark.e2e
 def test_finished_run_is_not_run_twice(smoke_run, capsys):
-    assert main(["run", MANIFEST, "--profile", "smoke", "--results", str(smoke_run), *FAST]) == 0
-    assert "not run again" in capsys.readouterr().out
+    assert "not run again" in run_smoke(MANIFEST, smoke_run, capsys)
     _, runs = arm_runs(smoke_run)
     assert len(runs) == 5
 
@@ -90,13 +127,11 @@ def test_list_shows_the_shipped_manifests(capsys):
 
 
 @pytest.mark.e2e
-def test_identical_run_of_another_manifest_is_reused_not_retrained(smoke_run, capsys):
-    fig3 = str(Path(MANIFEST).parent / "fig3_selection_x_distillation.yaml")
-    assert main(["run", fig3, "--profile", "smoke", "--results", str(smoke_run), *FAST]) == 0
-    assert "its results are reused" in capsys.readouterr().out  # amortization + in-place KD = table 3's mbquant
-    client = MlflowClient(tracking_uri(smoke_run))
-    exp = client.get_experiment_by_name("fig3_selection_x_distillation")
-    runs = client.search_runs([exp.experiment_id], "tags.`suite.kind` = 'arm-run'")
+def test_identical_run_of_another_manifest_is_reused_not_retrained(fig3_store, tmp_path):
+    results, out = fig3_store
+    results = copy_store(results, tmp_path / "results")
+    assert "its results are reused" in out  # amortization + in-place KD = table 3's mbquant
+    client, runs = arm_runs(results, "fig3_selection_x_distillation")
     assert len(runs) == 4
     reused = [r for r in runs if "suite.reused_from" in r.data.tags]
     assert len(reused) == 1 and reused[0].data.tags["suite.arm"] == "amortization + in-place KD"
@@ -106,35 +141,32 @@ def test_identical_run_of_another_manifest_is_reused_not_retrained(smoke_run, ca
 
 
 @pytest.mark.e2e
-def test_quant_error_analysis_runs_on_reused_and_new_checkpoints(smoke_run, tmp_path, capsys):
-    table7 = str(Path(MANIFEST).parent / "table7_quantization_error.yaml")
-    assert main(["run", table7, "--profile", "smoke", "--results", str(smoke_run), *FAST]) == 0
-    client = MlflowClient(tracking_uri(smoke_run))
-    exp = client.get_experiment_by_name("table7_quantization_error")
-    runs = client.search_runs([exp.experiment_id], "tags.`suite.kind` = 'arm-run'")
+def test_quant_error_analysis_runs_on_reused_and_new_checkpoints(table7_store, tmp_path):
+    results, out = table7_store
+    results = copy_store(results, tmp_path / "results")
+    client, runs = arm_runs(results, "table7_quantization_error")
     assert {r.data.tags["suite.arm"] for r in runs} == {"mbquant", "mbquant clean", "anyprecision", "adabits"}
     for run in runs:
         assert 0 <= run.data.metrics["qerr_logits_b2"] < float("inf")
         assert "quant_error.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
     # Table 3's mbquant run was last reused by Fig. 3: Table 7 names and points at the run that trained.
-    assert "mbquant seed 0: identical to a run of table3_cifar100_resnet20_2468" in capsys.readouterr().out
+    assert "mbquant seed 0: identical to a run of table3_cifar100_resnet20_2468" in out
     sources = [client.get_run(r.data.tags["suite.reused_from"]) for r in runs if "suite.reused_from" in r.data.tags]
     assert sources and all("suite.reused_from" not in s.data.tags for s in sources)
     clean = next(r for r in runs if r.data.tags["suite.arm"] == "mbquant clean")
     assert clean.data.metrics["qerr_weight_b4"] == 0  # branch-indexed bounds: fixed 2-bit weights
     out = tmp_path / "report.pdf"
-    assert main(["report", "--results", str(smoke_run), "--out", str(out)]) == 0
+    assert main(["report", "--results", str(results), "--out", str(out)]) == 0
     assert (tmp_path / "figures" / "table7_quantization_error__smoke__quant_error.png").exists()
 
 
 @pytest.mark.e2e
-def test_rerunning_after_other_manifests_reused_the_runs(smoke_run, capsys):
+def test_rerunning_after_other_manifests_reused_the_runs(table7_store, tmp_path, capsys):
     """After Fig. 3 and Table 7 reused Table 3's runs, Table 3 and Fig. 3 run again: each finds its own runs (no new
     record, none of Table 7's analysis results leak into it), whatever characters its arm names hold."""
-    fig3 = str(Path(MANIFEST).parent / "fig3_selection_x_distillation.yaml")
-    for manifest in (MANIFEST, fig3):
-        assert main(["run", manifest, "--profile", "smoke", "--results", str(smoke_run), *FAST]) == 0
-        out = capsys.readouterr().out
+    results = copy_store(table7_store[0], tmp_path / "results")
+    for manifest in (MANIFEST, FIG3):
+        out = run_smoke(manifest, results, capsys)
         assert "its results are reused" not in out and out.count("not run again") >= 4
-    client, runs = arm_runs(smoke_run)
+    client, runs = arm_runs(results)
     assert len(runs) == 5 and not any(k.startswith("qerr_") for r in runs for k in r.data.metrics)

@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from suite.costs import conv_macs, measure_cost
 from suite.methods import METHODS
-from suite.methods.bitmixer import TransitionalBatchNorm, dataflow
+from suite.layers.lsq import TransitionalBatchNorm
 from suite.models import create_model
 from suite.trainer import Recipe, fit, seed_everything
 
@@ -112,7 +112,7 @@ def test_storage_of_the_baselines_against_mbquants(arch):
 
 def test_bitmixer_transitions_follow_mobilenets_dataflow():
     net = build("bitmixer", "mobilenetv1").model.net
-    links = {norm: (conv, previous) for norm, conv, previous in dataflow(net)}
+    links = {norm: (conv, previous) for norm, conv, previous in net.dataflow()}
     assert set(links) == {m for m in net.modules() if isinstance(m, TransitionalBatchNorm)}
     first, second = net.stage_0_layer_0, net.stage_1_layer_0
     assert links[first.bn1] == (first.depthwise, None)
@@ -125,7 +125,7 @@ def test_adabits_rescales_a_depthwise_conv_by_its_own_fan_out():
     """He et al.'s fan-out of a depthwise conv is k*k (each input channel feeds one output channel)."""
     conv = build("adabits", "mobilenetv1", grid="centered").model.stage_0_layer_0.depthwise
     conv.active_bits = 8
-    assert conv.quantized_weight().std().item() == pytest.approx(1 / 3, rel=1e-4)
+    assert conv.quantized_weight(conv.active_bits).std().item() == pytest.approx(1 / 3, rel=1e-4)
 
 
 @pytest.mark.parametrize("name", BASELINES)

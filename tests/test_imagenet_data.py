@@ -63,7 +63,7 @@ def test_published_transforms(imagenet_root):
     assert [type(t) for t in val_tf] == [transforms.Resize, transforms.CenterCrop, transforms.ToTensor,
                                          transforms.Normalize]
     assert val_tf[0].size == 256 and val_tf[1].size == (224, 224)
-    assert tuple(val_tf[3].mean) == IMAGENET_MEAN and tuple(val_tf[3].std) == IMAGENET_STD
+    assert tuple(val_tf[3].mean) == (0.485, 0.456, 0.406) and tuple(val_tf[3].std) == (0.229, 0.224, 0.225)
     assert data.val.dataset[0][0].shape == (3, 224, 224)
 
 

@@ -12,14 +12,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from suite.costs import measure_cost
 from suite.methods import mbquant
-from suite.methods.mbquant import (
-    MultiBranchConv, MultiBranchDepthwiseConv, SwitchableBatchNorm, calibrate, depthwise_slices, first_branch,
-)
+from suite.layers.branch_selection import depthwise_slices, first_branch
+from suite.layers.multibranch import BOUND_NAMES, MultiBranchConv, MultiBranchDepthwiseConv, SwitchableBatchNorm
+from suite.methods.common import calibrate
 from suite.models import create_model
 from suite.models import mbquant_resnet_imagenet as resnet_module
 from suite.models.mbquant_mobilenet import MV1_PARTIAL_OUT, load_pretrained_fp, mv1_layers
 from suite.models.mbquant_resnet_imagenet import channel_shuffle
-from suite.quant import quantize_activation, quantize_weight
+from suite.layers.quant import quantize_activation, quantize_weight
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 SETTINGS = {"2468": ([2, 4, 6, 8], "amortization"), "234": ([2, 3, 4], "serial")}
@@ -77,7 +77,7 @@ def test_state_dict_mirrors_the_release(arch, tsv, n_convs):
         assert release_keys("imagenet_resnet18_234_state_dict.tsv") == release
     model = build(arch, "2468", classes=1000)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    quantizer = set(mbquant.QUANTIZER_PARAMETERS)
+    quantizer = set(BOUND_NAMES)
 
     # Weights, BNs, stem and classifier: the same keys with the same shapes, both ways.
     release_plain = {k: s for k, s in release.items() if not set(k.split(".")) & set(RELEASE_QUANTIZER_FIELDS)}
@@ -103,7 +103,7 @@ def test_state_dict_mirrors_the_release(arch, tsv, n_convs):
 def test_method_builds_the_imagenet_models():
     trainable = mbquant.build("mobilenetv1", 10, [2, 4, 6, 8], mbquant.Options())
     assert type(trainable.model).__name__ == "MBQuantMobileNetV1"
-    assert len(trainable.quantizer_params) == 4 * 26  # w_lower, w_upper, a_lower, a_upper of 26 quantized convs
+    assert len(trainable.params_of("quantizer")) == 4 * 26  # w_lower, w_upper, a_lower, a_upper of 26 quantized convs
     serial = mbquant.build("mobilenetv1", 10, [2, 3, 4], mbquant.Options(selection="serial", variant="clean"))
     assert serial.model.stage_0_layer_0.body[0].slices(4).inputs == (0, 64)  # clean: no amortized-offset leftover
     with pytest.raises(KeyError, match="mbquant_resnet50"):
@@ -562,7 +562,7 @@ def test_pretrained_fp_tiles_every_branch(tmp_path):
     torch.save({"state_dict": {f"module.{k}": v for k, v in fp.items()}}, path)
     model = create_model("mbquant_mobilenetv1", num_classes=1000, bits=[2, 4, 6, 8], pretrained_fp=str(path))
     sd = model.state_dict()
-    quantizer = {k for k in sd if k.rsplit(".", 1)[-1] in mbquant.QUANTIZER_PARAMETERS}
+    quantizer = {k for k in sd if k.rsplit(".", 1)[-1] in BOUND_NAMES}
     assert len(sd) - len(quantizer) == 944  # the release's positional pairing has 944 entries too (§6.2)
     assert all((sd[k] == 0).all() for k in quantizer)  # bounds untouched: calibrate sets them
 

@@ -10,11 +10,12 @@ from mlflow.tracking import MlflowClient
 from suite.cli import main
 from suite.data import DataConfig, build_data
 from suite.interop import (
-    DDP_PREFIX, IGNORED_DEFAULTS, CheckpointMismatch, InteropError, build_release_model, export_release_checkpoint,
+    DDP_PREFIX, CheckpointMismatch, InteropError, build_release_model, export_release_checkpoint,
     load_release_checkpoint, release_layout, sha256_file,
 )
 from suite.methods import mbquant
-from suite.tracking import load_runs, tracking_uri
+from suite.collect import load_runs
+from suite.tracking import tracking_uri
 from suite.trainer import evaluate
 
 SPEC = Path(__file__).resolve().parent / "reference"  # the release's key lists (see reference/README.md)
@@ -247,8 +248,8 @@ def test_export_of_a_suite_model_then_cli_import_is_tracked(tmp_path, digits_val
     sd = raw["state_dict"]
     assert raw["arch"] == "resnet20_quant" and raw["epoch"] == 3 and raw["best_acc1"] == 25.0
     assert all(k.startswith(DDP_PREFIX) for k in sd)
-    assert sd["module.layer1.0.conv1.output_scale.4"].item() == IGNORED_DEFAULTS["output_scale"]
-    assert sd["module.layer1.0.conv1.bkwd_scaling_factorA"].item() == IGNORED_DEFAULTS["bkwd_scaling_factorA"]
+    assert sd["module.layer1.0.conv1.output_scale.4"].item() == 1.0  # the release's option.py defaults
+    assert sd["module.layer1.0.conv1.bkwd_scaling_factorA"].item() == 0.0
     assert sd["module.layer1.0.conv1.init"].tolist() == [0]
 
     # The exported checkpoint reproduces the model's logits exactly at every bit-width.

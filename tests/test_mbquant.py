@@ -8,9 +8,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from suite.costs import measure_cost
 from suite.methods import mbquant
-from suite.methods.mbquant import MultiBranchConv, active_branches, calibrate
+from suite.layers.branch_selection import active_branches
+from suite.layers.multibranch import MultiBranchConv
+from suite.methods.common import calibrate
 from suite.models import create_model
-from suite.quant import HALF_NORMAL_STD, discretize, quantize_activation, quantize_weight
+from suite.layers.quant import HALF_NORMAL_STD, discretize, quantize_activation, quantize_weight
 
 SELECTION_ORACLE = Path(__file__).resolve().parent / "reference" / "cifar_resnet20_selection.json"
 SETTINGS = {"2-4-6-8 (amortization)": ([2, 4, 6, 8], "amortization"), "2-3-4 (serial)": ([2, 3, 4], "serial")}

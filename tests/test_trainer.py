@@ -7,7 +7,9 @@ import torch.nn.functional as F
 
 from suite.data import DataConfig, build_data
 from suite.methods import mbquant
-from suite.trainer import LOSS_POLICIES, Recipe, fit, seed_everything, soft_cross_entropy
+from suite.losses import inplace_distillation, labels_only, recursive_distillation, soft_cross_entropy
+from suite.methods.common import weight_groups
+from suite.trainer import Recipe, fit, seed_everything
 
 TINY = Recipe(epochs=4, batch_size=32, lr=0.1, steps_per_epoch=6, eval_batch_size=256)
 
@@ -28,30 +30,26 @@ def test_loss_policies_follow_the_spec():
     ce = F.cross_entropy
     # In-place distillation: the largest bit-width (run first) on labels; every other one half soft-CE
     # against the largest's softmax, half CE.
-    assert torch.equal(LOSS_POLICIES["inplace"](z8, y, []), ce(z8, y))
+    assert torch.equal(inplace_distillation(z8, y, []), ce(z8, y))
     expected = 0.5 * (-(F.softmax(z8, 1) * F.log_softmax(z4, 1)).sum(1).mean() + ce(z4, y))
-    assert torch.allclose(LOSS_POLICIES["inplace"](z4, y, [z8, z6]), expected)
+    assert torch.allclose(inplace_distillation(z4, y, [z8, z6]), expected)
     # Off: plain CE for everyone. Recursive: the next higher bit-width teaches.
-    assert torch.equal(LOSS_POLICIES["none"](z4, y, [z8, z6]), ce(z4, y))
-    assert torch.allclose(LOSS_POLICIES["recursive"](z4, y, [z8, z6]), soft_cross_entropy(z4, z6))
+    assert torch.equal(labels_only(z4, y, [z8, z6]), ce(z4, y))
+    assert torch.allclose(recursive_distillation(z4, y, [z8, z6]), soft_cross_entropy(z4, z6))
 
 
 def test_joint_step_runs_bit_widths_descending_with_the_largest_as_teacher(tmp_path):
     trainable = tiny_trainable()
-    seen, policy = [], LOSS_POLICIES["inplace"]
+    seen, policy = [], trainable.loss
 
     def spy(logits, targets, earlier):
         seen.append((trainable.model.layer1[0].conv1.active_bits, len(earlier)))
         return policy(logits, targets, earlier)
 
-    LOSS_POLICIES["spy"] = spy
-    try:
-        trainable.loss_policy = "spy"
-        data = tiny_data()
-        fit(trainable, data.train, data.val, Recipe(epochs=1, batch_size=32, steps_per_epoch=1), seed=0,
-            run_dir=tmp_path, progress=False)
-    finally:
-        del LOSS_POLICIES["spy"]
+    trainable.loss = spy
+    data = tiny_data()
+    fit(trainable, data.train, data.val, Recipe(epochs=1, batch_size=32, steps_per_epoch=1), seed=0,
+        run_dir=tmp_path, progress=False)
     assert seen == [(8, 0), (6, 1), (4, 2), (2, 3)]
 
 
@@ -92,19 +90,18 @@ def test_killed_run_resumes_to_the_same_result_and_finished_run_is_not_rerun(tmp
 
 
 def test_weight_decay_exemptions_follow_the_recipe():
-    from suite.trainer import _weight_groups
-
     t = mbquant.build("mobilenetv1", 10, [2, 4], mbquant.Options())
-    plain = _weight_groups(t.model, t.quantizer_params, Recipe())
+    quantizer = t.params_of("quantizer")
+    plain = weight_groups(t.model, Recipe(), exclude=quantizer)
     assert len(plain) == 1  # every weight decays (the ResNet recipes)
-    groups = _weight_groups(t.model, t.quantizer_params, Recipe(no_weight_decay_on=["bn", "depthwise"]))
-    exempt = {id(p) for p in groups[1]["params"]}
-    assert groups[1]["weight_decay"] == 0.0
+    groups = weight_groups(t.model, Recipe(no_weight_decay_on=["bn", "depthwise"]), exclude=quantizer)
+    exempt = {id(p) for p in groups[1].params}
+    assert groups[1].weight_decay == 0.0
     dw = t.model.stage_1_layer_0.body[0].weight
     assert id(dw) in exempt and id(t.model.stage_1_layer_0.body[3].weight) not in exempt
     assert id(t.model.head[1].weight) in exempt and id(t.model.classifier.bias) not in exempt
-    quant = {id(p) for p in t.quantizer_params}
-    assert not quant & {id(p) for g in groups for p in g["params"]}
+    quant = {id(p) for p in quantizer}
+    assert not quant & {id(p) for g in groups for p in g.params}
 
 
 def test_compiled_training_forward_gives_the_eager_run(tmp_path, monkeypatch):

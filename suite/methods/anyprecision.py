@@ -1,19 +1,15 @@
 """Any-Precision DNNs (Yu et al., AAAI 2021): shared latent weights, DoReFa quantizers, switchable BN.
 
 Follows baselines.md and the authors' release (SHI-Labs/Any-Precision-DNNs, ``models/quan_ops.py``):
-- weights at b bits: ``t = tanh(w)``, ``t = t / 2 / max|t| + 0.5``, ``q = 2*round((2^b-1)*t)/(2^b-1) - 1``,
-  times ``E = mean|w|`` (detached); STE through the rounding (``suite.quant.discretize``).
-- input activations at b bits: ``clamp(x, 0, 1)`` then ``round((2^b-1)*x)/(2^b-1)``, STE.
-- 32 bits (full precision, when listed): no rounding anywhere. As in the release, the weights still go through
-  the DoReFa transform without rounding, ``tanh(w) / max|tanh(w)| * E`` (so the b-bit weights approximate
-  the FP path's, and the FP path shares the same latent weights), and the activations are not clamped (the
-  release's ReLU; the suite's body convs already receive post-ReLU inputs, so they pass unchanged).
+- quantized convs: ``suite.layers.dorefa.DoReFaConv`` (DoReFa weights times mean|w|, ``clamp(x, 0, 1)``
+  activations; at 32 bits the same latent weights through the transform without rounding, so the b-bit
+  weights approximate the FP path's; the suite's body convs receive post-ReLU inputs, as the release's do).
 - one BatchNorm per listed bit-width (``PerBitBatchNorm``), nothing else per bit-width; no quantizer
-  parameters (the trainer then runs SGD only), no initialisation pass (kaiming weights as the model sets).
+  parameters (SGD only), no initialisation pass (kaiming weights as the model sets).
 - ``distillation``: ``recursive`` (the paper's: highest bit on labels, each lower one soft-CE against the
-  next higher's detached softmax) -> trainer policy ``recursive``; ``hard`` (CE on labels for every
-  bit-width) -> ``none``; ``soft`` (highest bit as teacher) -> ``inplace``. Note the suite's ``inplace`` is
-  ``0.5*(softCE + CE)``, whereas the release's commented-out soft variant is soft-CE alone.
+  next higher's detached softmax); ``hard`` (CE on labels for every bit-width); ``soft`` (highest bit as
+  teacher, the suite's in-place loss ``0.5*(softCE + CE)``, whereas the release's commented-out soft variant
+  is soft-CE alone).
 - These need the largest bit-width run first, so with ``recursive``/``soft`` the list must be ascending
   (the release sorts it); the trainer runs it in reverse.
 
@@ -35,39 +31,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
-import torch
-from torch import nn
+from suite.layers.dorefa import DoReFaConv
+from suite.layers.norms import PerBitBatchNorm
+from suite.losses import inplace_distillation, labels_only, recursive_distillation
+from suite.methods.api import Method, Trainable, fp32_weight_storage
+from suite.methods.common import check_bit_list, weight_groups
+from suite.models import create_model
 
-from suite.costs import FP_BITS, SameBitsCost
-from suite.methods.common import PerBitBatchNorm, check_bit_list
-from suite.methods.storage import stored_bits
-from suite.quant import discretize
-
-POLICIES = {"recursive": "recursive", "hard": "none", "soft": "inplace"}
-
-
-class DoReFaConv(SameBitsCost, nn.Conv2d):
-    """Conv with DoReFa weights (mean-|w| scale) and ``clamp(x, 0, 1)`` activations at ``active_bits``."""
-
-    def __init__(self, ci: int, co: int, kernel_size: int, stride: int = 1, padding: int = 0, groups: int = 1):
-        super().__init__(ci, co, kernel_size, stride, padding, groups=groups, bias=False)
-        self.active_bits: int | None = None
-
-    def quantized_weight(self) -> torch.Tensor:
-        """The weight this conv multiplies with at ``active_bits`` (the release's order of operations)."""
-        scale = self.weight.abs().mean().detach()
-        t = torch.tanh(self.weight)
-        if self.active_bits == FP_BITS:
-            return t / t.abs().max() * scale
-        t = t / 2 / t.abs().max() + 0.5
-        return (2 * discretize(t, 2**self.active_bits) - 1) * scale
-
-    def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The input this conv multiplies with at ``active_bits``: ``clamp(x, 0, 1)`` on 2^b levels."""
-        return x if self.active_bits == FP_BITS else discretize(torch.clamp(x, 0, 1), 2**self.active_bits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), None)
+LOSSES = {"recursive": recursive_distillation, "hard": labels_only, "soft": inplace_distillation}
 
 
 @dataclass
@@ -87,16 +58,16 @@ def check_bits(bits: list[int], options: Options) -> None:
         )
 
 
-def storage_bits(model: nn.Module) -> dict[str, int]:
-    """FP32 latent body weights (see the module docstring), FP32 stem / classifier / every bit-width's BN."""
-    return stored_bits(model, lambda conv: FP_BITS)
+storage_bits = fp32_weight_storage  # latent FP32 body weights (module docstring); FP32 stem, classifier, BNs
 
 
-def build(arch: str, num_classes: int, bits: list[int], options: Options):
-    from suite.models import create_model
-    from suite.trainer import Trainable
-
+def build(arch: str, num_classes: int, bits: list[int], options: Options) -> Trainable:
     check_bits(bits, options)
     model = create_model(arch, num_classes=num_classes, bits=bits, conv=DoReFaConv,
                          norm=partial(PerBitBatchNorm, bits=bits))
-    return Trainable(model=model, bits=list(bits), quantizer_params=[], loss_policy=POLICIES[options.distillation])
+    return Trainable(model=model, bits=list(bits), loss=LOSSES[options.distillation],
+                     param_groups=partial(weight_groups, model))
+
+
+METHOD = Method("anyprecision", Options, build, check_bits, storage_bits,
+                "shared latent weights, DoReFa quantizers, per-bit BN, recursive distillation")

@@ -4,11 +4,8 @@ Shared latent weights, LSQ quantizers per layer and bit-width, *transitional* Ba
 (previous layer's bit-width -> this layer's bit-width) pair, and a 3-stage schedule that ends with random
 layer-wise bit-widths, so that at test time every layer may pick its own bit-width (``set_layer_bits``).
 
-No official code exists. This module is a re-implementation from the paper's description, written from memory
-of the paper (its full text could not be retrieved here; only the abstract and third-party summaries, which
-confirm "transitional Batch-Norms" and "a 3-stage optimization: an intermediate meta-network trained in two
-stages, then a third stage that progressively enables random layer-wise bit-widths"). Every choice made where
-the paper is silent, unknown or does not fit the suite's shared trainer:
+No official code exists: this is a re-implementation from the paper's description (its sources are listed in
+docs/spec/baselines.md). Every choice made where the description is silent or does not fit the shared trainer:
 
 1. Model: the suite's single-branch ResNets (``suite.models.resnet``: ResNet-20/8, ResNet-18/34) or MobileNetV1
    (``suite.models.mobilenet``) with FP stem conv + BN and FP classifier (suite convention, baselines.md). Every
@@ -62,10 +59,9 @@ the paper is silent, unknown or does not fit the suite's shared trainer:
 9. Evaluation (``model.eval()`` then ``set_bits(b)``) is always the uniform b-bit network; ``set_layer_bits`` (or
    ``set_bits`` with a per-layer list, which ``suite.costs.measure_cost`` also accepts this way) runs any
    per-layer configuration, layers in module order (``BitMixerNet.layer_names``).
-10. Distillation: ``inplace`` by default (the trainer's in-place policy: the highest bit-width learns from labels
-    and teaches every other one with ½(softCE + CE)). The paper is recalled as reporting gains from knowledge
-    distillation but cannot confirm whether its teacher is the top bit-width or a separate FP network; the
-    shared trainer has no external teacher, so the top bit-width is used. ``none``: CE for every bit-width.
+10. Distillation: ``inplace`` by default (the highest bit-width learns from labels and teaches every other one
+    with ½(softCE + CE)); whether the paper's teacher is the top bit-width or a separate FP network is not
+    known, and the shared trainer has no external teacher, so the top bit-width teaches. ``none``: CE only.
 11. Optimisation is the suite's (SGD on weights/BN/FC, Adam on the step sizes, cosine, per-epoch evaluation) and
     does not follow the paper's ImageNet recipe.
 12. Storage (``storage_bits``, through the baselines' shared ``suite.methods.storage.stored_bits``): the shared
@@ -76,155 +72,20 @@ the paper is silent, unknown or does not fit the suite's shared trainer:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal, Sequence
 
 import torch
-from torch import nn
 
-from suite.costs import FP_BITS, SameBitsCost
-from suite.methods.common import calibrate, check_bit_list, parameters_named
+from suite.layers.lsq import STEP_NAMES, BitMixerConv, TransitionalBatchNorm
+from suite.losses import inplace_distillation, labels_only
+from suite.methods.api import Method, Trainable, fp32_weight_storage
+from suite.methods.common import calibrate, check_bit_list, parameters_named, sgd_and_adam
+from suite.models import create_model
 from suite.models.base import BitSwitchable
-from suite.quant import discretize
 
-QUANT_BITS = range(2, 9)  # quantized bit-widths this module serves; FP_BITS (32) means a full-precision layer
-STEP_FLOOR = 1e-8
-
-# ----------------------------------------------------------------------------------------------------------
-# LSQ quantizer
-# ----------------------------------------------------------------------------------------------------------
-
-
-def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Value of ``x``, gradient multiplied by ``scale`` (LSQ's step-size gradient scaling)."""
-    y = x * scale
-    return (x - y).detach() + y
-
-
-def lsq_quantize(v: torch.Tensor, step: torch.Tensor, qn: int, qp: int, numel: int) -> torch.Tensor:
-    """``round(clamp(v/s, -qn, qp)) * s`` with straight-through rounding and LSQ gradient scaling of ``s``.
-
-    The rounding goes through ``discretize`` on the unit interval: ``(t + qn) / (qn + qp)`` snapped onto
-    ``qn + qp + 1`` levels. Gradients: d/dv = 1 inside the range, 0 outside; d/ds = round(v/s) - v/s inside,
-    -qn / qp outside (times g), exactly LSQ.
-    """
-    s = grad_scale(step, 1.0 / math.sqrt(numel * qp))
-    t = torch.clamp(v / s, -qn, qp)
-    span = qn + qp
-    return (discretize((t + qn) / span, span + 1) * span - qn) * s
-
-
-def weight_range(bits: int) -> tuple[int, int]:
-    return 2 ** (bits - 1), 2 ** (bits - 1) - 1
-
-
-def activation_range(bits: int) -> tuple[int, int]:
-    return 0, 2**bits - 1
-
-
-def lsq_init(v: torch.Tensor, qp: int) -> torch.Tensor:
-    return (2 * v.abs().mean() / math.sqrt(qp)).clamp_min(STEP_FLOOR)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Layers
-# ----------------------------------------------------------------------------------------------------------
-
-
-class BitMixerConv(SameBitsCost, nn.Conv2d):
-    """A conv whose weights and input activations are quantized at ``active_bits`` (its own bit-width).
-
-    Shared latent FP weights; one LSQ weight step and one activation step per quantized bit-width of the list
-    (``w_step[i]``, ``a_step[i]`` for ``quant_bits[i]``). ``fp_weights_in_training``: stage 1 trains with
-    full-precision weights (evaluation always quantizes).
-    """
-
-    def __init__(self, ci: int, co: int, kernel_size: int, stride: int, padding: int, groups: int = 1, *,
-                 bits: Sequence[int]):
-        super().__init__(ci, co, kernel_size, stride, padding, groups=groups, bias=False)
-        self.quant_bits = sorted(b for b in set(bits) if b != FP_BITS)
-        self.slot = {b: i for i, b in enumerate(self.quant_bits)}
-        n = len(self.quant_bits)
-        # 0 = not initialised yet (LSQ steps are positive, floored at STEP_FLOOR once initialised)
-        self.w_step = nn.Parameter(torch.zeros(n))
-        self.a_step = nn.Parameter(torch.zeros(n))
-        self.active_bits: int = max(bits)
-        self.fp_weights_in_training = False
-        self.calibrating = False  # set by ``calibrate``: the next forward (re)initialises the steps it uses
-        self._known_initialized: set[int] = set()  # slots seen initialised: no device sync per forward after
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.active_bits
-        if b == FP_BITS:
-            return self._conv_forward(x, self.weight, None)
-        i = self.slot[b]
-        wq_n, wq_p = weight_range(b)
-        aq_n, aq_p = activation_range(b)
-        if self.calibrating or (self.training and not self._is_initialized(i)):
-            with torch.no_grad():
-                self.w_step[i] = lsq_init(self.weight, wq_p)
-                self.a_step[i] = lsq_init(x, aq_p)
-            self._known_initialized.add(i)
-        if self.training and self.fp_weights_in_training:
-            w = self.weight
-        else:
-            w = lsq_quantize(self.weight, self.w_step[i], wq_n, wq_p, self.weight.numel())
-        a = lsq_quantize(x, self.a_step[i], aq_n, aq_p, x[0].numel())
-        return self._conv_forward(a, w, None)
-
-    def initialized(self, bits: int) -> bool:
-        """Whether the steps of ``bits`` hold an initialisation (calibrated, trained or loaded from a checkpoint)."""
-        return bits == FP_BITS or self._is_initialized(self.slot[bits])
-
-    def _is_initialized(self, i: int) -> bool:
-        if i not in self._known_initialized and bool(self.a_step[i] != 0):
-            self._known_initialized.add(i)
-        return i in self._known_initialized
-
-
-def transition_key(previous: int, current: int) -> str:
-    return f"{previous}to{current}"
-
-
-class TransitionalBatchNorm(nn.Module):
-    """One BatchNorm2d per (previous layer's bit-width -> this layer's bit-width) pair.
-
-    The pair is read at forward time from the conv this BN follows and from the previous quantized conv
-    (``link``), so any way of setting the convs' ``active_bits`` keeps the BN consistent.
-    """
-
-    def __init__(self, channels: int, bits: Sequence[int]):
-        super().__init__()
-        bits = sorted(set(bits))
-        self.bn = nn.ModuleDict({transition_key(p, c): nn.BatchNorm2d(channels) for p in bits for c in bits})
-        self._links: tuple[BitMixerConv | None, BitMixerConv | None] = (None, None)  # plain tuple: not submodules
-
-    def link(self, conv: BitMixerConv, previous: BitMixerConv | None) -> None:
-        """Attach to its conv and the previous quantized conv; without one, keep only the (b, b) entries."""
-        self._links = (conv, previous)
-        if previous is None:
-            for key in list(self.bn.keys()):
-                p, c = key.split("to")
-                if p != c:
-                    del self.bn[key]
-
-    @property
-    def transition(self) -> tuple[int, int]:
-        conv, previous = self._links
-        if conv is None:
-            raise RuntimeError("TransitionalBatchNorm used before link()")
-        current = conv.active_bits
-        return (current if previous is None else previous.active_bits), current
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn[transition_key(*self.transition)](x)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The meta-network
-# ----------------------------------------------------------------------------------------------------------
+LOSSES = {"inplace": inplace_distillation, "none": labels_only}
 
 
 def stage_bounds(stages: Sequence[float], epochs: int) -> tuple[int, int]:
@@ -234,36 +95,11 @@ def stage_bounds(stages: Sequence[float], epochs: int) -> tuple[int, int]:
     return min(e1, epochs), min(max(e2, e1), epochs)
 
 
-def dataflow(net: nn.Module):
-    """(BN, its conv, the previous quantized conv of the main path or None) for every body BN (item 6).
-
-    A ResNet block's conv1 and shortcut conv both read the block input, i.e. the previous block's conv2; a
-    MobileNetV1 block's depthwise conv reads the previous block's pointwise conv.
-    """
-    from suite.models.mobilenet import DepthwiseSeparable
-    from suite.models.resnet import BasicBlock
-
-    previous = None
-    for block in net.modules():
-        if isinstance(block, BasicBlock):
-            yield block.bn1, block.conv1, previous
-            yield block.bn2, block.conv2, block.conv1
-            if block.shortcut is not None:
-                yield block.shortcut[1], block.shortcut[0], previous
-            previous = block.conv2
-        elif isinstance(block, DepthwiseSeparable):
-            yield block.bn1, block.depthwise, previous
-            yield block.bn2, block.pointwise, block.depthwise
-            previous = block.pointwise
-
-
 class BitMixerNet(BitSwitchable):
     """A single-branch model with Bit-Mixer layers plus the bit-width logic: uniform, random layer-wise, per-layer."""
 
     def __init__(self, arch: str, num_classes: int, bits: Sequence[int], options: "Options"):
         super().__init__()
-        from suite.models import create_model
-
         self.bits = list(bits)
         self.options = options
         self.stage = 2  # until on_epoch_start says otherwise: network-wide, quantized
@@ -274,7 +110,7 @@ class BitMixerNet(BitSwitchable):
             norm=lambda channels: TransitionalBatchNorm(channels, self.bits),
         )
         linked = set()
-        for norm, conv, previous in dataflow(self.net):
+        for norm, conv, previous in self.net.dataflow():
             norm.link(conv, previous)
             linked.add(norm)
         norms = [m for m in self.net.modules() if isinstance(m, TransitionalBatchNorm)]
@@ -346,8 +182,6 @@ class BitMixerNet(BitSwitchable):
 # The method
 # ----------------------------------------------------------------------------------------------------------
 
-QUANTIZER_PARAMETERS = ("w_step", "a_step")
-
 
 @dataclass
 class Options:
@@ -370,29 +204,24 @@ def check_bits(bits: list[int], options: Options) -> None:
     check_bit_list(bits, "Bit-Mixer", lowest=2)
 
 
-def storage_bits(model: nn.Module) -> dict[str, int]:
-    """Stored bits by component (``suite.methods.storage``, the baselines' shared counter, from real tensors).
-
-    weights: every quantized conv's shared latent weight at FP32; bn: every transitional BN entry (gamma, beta,
-    running mean / variance) and the stem BN at FP32; clip: every LSQ step size (weights and activations, per
-    layer and bit-width) at FP32; fp_layers: the FP stem conv and classifier.
-    """
-    from suite.methods.storage import stored_bits
-
-    return stored_bits(model, lambda conv: FP_BITS)
+# Item 12: the shared latent weights at FP32, every transitional BN entry and the stem BN, every LSQ step
+# (``clip``), the FP stem conv and classifier.
+storage_bits = fp32_weight_storage
 
 
-def build(arch: str, num_classes: int, bits: list[int], options: Options):
-    """The trainer's view of Bit-Mixer: model, bit list, step sizes, loss policy, calibration, stage schedule."""
-    from suite.trainer import Trainable
-
+def build(arch: str, num_classes: int, bits: list[int], options: Options) -> Trainable:
+    """The trainer's view of Bit-Mixer: model, loss, SGD + Adam on the steps, calibration, stage schedule."""
     check_bits(bits, options)
     model = BitMixerNet(arch, num_classes, bits, options)
     return Trainable(
         model=model,
         bits=list(bits),
-        quantizer_params=parameters_named(model, QUANTIZER_PARAMETERS),
-        loss_policy=options.distillation,
+        loss=LOSSES[options.distillation],
+        param_groups=partial(sgd_and_adam, model, parameters_named(model, STEP_NAMES)),
         initialize=lambda m, batches: calibrate(m, bits, batches),
         on_epoch_start=model.on_epoch_start,
     )
+
+
+METHOD = Method("bitmixer", Options, build, check_bits, storage_bits,
+                "LSQ meta-quantized network with transitional BN and random layer-wise bit-widths (re-implemented)")

@@ -1,4 +1,4 @@
-"""Pieces several methods share: bit-list checks, the quantizer-calibration pass, per-bit-width BN."""
+"""Pieces several methods share: bit-list checks, the quantizer-calibration pass, the usual parameter groups."""
 from __future__ import annotations
 
 import itertools
@@ -6,10 +6,11 @@ from typing import Iterable
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from suite.costs import FP_BITS
-
-MAX_BITS = 8
+from suite.layers.base import FP_BITS, MAX_BITS, is_depthwise
+from suite.methods.api import ParamGroup
+from suite.recipe import Recipe
 
 
 def check_bit_list(bits: list[int], method: str, *, lowest: int = 1) -> None:
@@ -53,13 +54,30 @@ def parameters_named(model: nn.Module, names: Iterable[str]) -> list[nn.Paramete
     return [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in names]
 
 
-class PerBitBatchNorm(nn.Module):
-    """One independent ``BatchNorm2d`` per listed bit-width, keyed by ``str(b)``; ``active_bits`` picks it."""
+def weight_groups(model: nn.Module, recipe: Recipe, exclude: Iterable[nn.Parameter] = ()) -> list[ParamGroup]:
+    """SGD groups of every parameter not in ``exclude``: the recipe's weight decay, none on BN affine parameters
+    or depthwise conv weights where ``recipe.no_weight_decay_on`` says so (MobileNetV1's recipe)."""
+    excluded = {id(p) for p in exclude}
+    exempt: set[int] = set()
+    for m in model.modules():
+        if "bn" in recipe.no_weight_decay_on and isinstance(m, _BatchNorm):
+            exempt |= {id(p) for p in m.parameters(recurse=False)}
+        if "depthwise" in recipe.no_weight_decay_on and is_depthwise(m):
+            exempt.add(id(m.weight))
+    params = [p for p in model.parameters() if id(p) not in excluded]
+    groups = [
+        ParamGroup("weights", [p for p in params if id(p) not in exempt], "sgd", recipe.lr, recipe.weight_decay,
+                   recipe.momentum),
+        ParamGroup("weights, no decay", [p for p in params if id(p) in exempt], "sgd", recipe.lr, 0.0,
+                   recipe.momentum),
+    ]
+    return [g for g in groups if g.params]
 
-    def __init__(self, channels: int, bits: list[int]):
-        super().__init__()
-        self.bn = nn.ModuleDict({str(b): nn.BatchNorm2d(channels) for b in bits})
-        self.active_bits = max(bits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn[str(self.active_bits)](x)
+def sgd_and_adam(model: nn.Module, quantizer_params: list[nn.Parameter], recipe: Recipe) -> list[ParamGroup]:
+    """The released MBQuant recipe: SGD on the weights (``weight_groups``), Adam at ``recipe.lr_quant`` on the
+    quantizer parameters."""
+    groups = weight_groups(model, recipe, exclude=quantizer_params)
+    if quantizer_params:
+        groups.append(ParamGroup("quantizer", list(quantizer_params), "adam", recipe.lr_quant))
+    return groups

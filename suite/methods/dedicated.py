@@ -6,10 +6,10 @@ then trains all of them on the same batch, each with its own CE loss (policy ``n
 are disjoint, so this equals training them separately on the same batch sequence and schedule.
 
 Choices not fixed by the spec:
-- Quantizers: MBQuant's, generalised to b bits (``suite.quant``): weights onto ``2**b`` levels in [-1, 1]
-  between one learnable (lower, upper) pair per conv, no scale multiplied back (the BN absorbs it);
+- Quantizers: MBQuant's, generalised to b bits (``suite.layers.learned_bounds``): weights onto ``2**b`` levels
+  in [-1, 1] between one learnable (lower, upper) pair per conv, no scale multiplied back (the BN absorbs it);
   input activations onto ``2**b`` levels in [0, 1] between one learnable pair per conv. At 1 bit the
-  weights are {-1, 1} and the activations {0, 1}. Bounds are optimised by Adam (``quantizer_params``).
+  weights are {-1, 1} and the activations {0, 1}. Bounds are optimised by Adam (the ``quantizer`` group).
 - Initialisation as MBQuant's ``calibrate``: kaiming weights, then for each bit-width in the listed order one
   train-mode forward under ``no_grad`` on a new batch; each conv sets its activation bounds to
   (min, 3*std/sqrt(1-2/pi)) of its input and its weight bounds to -/+ 3*std of its weight, then quantizes
@@ -24,52 +24,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+
 import torch
 from torch import nn
 
-from suite.costs import FP_BITS, SameBitsCost
-from suite.methods.common import calibrate, check_bit_list, parameters_named
-from suite.methods.storage import stored_bits
+from suite.costs import stored_bits
+from suite.layers.learned_bounds import BOUND_NAMES, LearnedBoundsConv
+from suite.losses import labels_only
+from suite.methods.api import Method, Trainable
+from suite.methods.common import calibrate, check_bit_list, parameters_named, sgd_and_adam
+from suite.models import create_model
 from suite.models.base import BitSwitchable
-from suite.quant import activation_bounds, quantize_activation, quantize_weight, weight_bound
-
-BOUNDS = ("w_lower", "w_upper", "a_lower", "a_upper")
-
-
-class LearnedBoundsConv(SameBitsCost, nn.Conv2d):
-    """A conv at one fixed bit-width: b-bit weights and b-bit input activations, learnable bounds each.
-
-    ``active_bits`` is this conv's model's bit-width and never changes (the wrapper routes, it does not
-    switch layers). At 32 bits it is a plain conv without quantizer parameters.
-    """
-
-    def __init__(self, ci: int, co: int, kernel_size: int, stride: int = 1, padding: int = 0, groups: int = 1, *,
-                 bits: int):
-        super().__init__(ci, co, kernel_size, stride, padding, groups=groups, bias=False)
-        self.active_bits = bits
-        self.calibrating = False
-        if bits != FP_BITS:
-            for name in BOUNDS:
-                setattr(self, name, nn.Parameter(torch.zeros(())))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.active_bits
-        if b == FP_BITS:
-            return self._conv_forward(x, self.weight, None)
-        if self.calibrating:
-            lower, upper = activation_bounds(x)
-            self.a_lower.copy_(lower), self.a_upper.copy_(upper)
-            self.w_upper.copy_(weight_bound(self.weight)), self.w_lower.copy_(-weight_bound(self.weight))
-        w = quantize_weight(self.weight, self.w_lower, self.w_upper, levels=2**b)
-        return self._conv_forward(quantize_activation(x, self.a_lower, self.a_upper, b), w, None)
 
 
 class DedicatedModels(BitSwitchable):
     """One independent network per bit-width in an ``nn.ModuleDict`` keyed by ``str(b)``."""
 
     def __init__(self, arch: str, num_classes: int, bits: list[int]):
-        from suite.models import create_model
-
         super().__init__()
         self.bits = list(bits)
         self.models = nn.ModuleDict({
@@ -84,6 +55,9 @@ class DedicatedModels(BitSwitchable):
         if bits not in self.bits:
             raise ValueError(f"bit-width {bits} cannot be served by this model (built for bits {self.bits})")
         self.current = bits
+
+    def serving(self, bits: int) -> nn.Module:
+        return self.models[str(bits)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.models[str(self.current)](x)
@@ -105,15 +79,16 @@ def storage_bits(model: DedicatedModels) -> dict[str, int]:
     return stored_bits(model, lambda conv: conv.active_bits)
 
 
-def build(arch: str, num_classes: int, bits: list[int], options: Options):
-    from suite.trainer import Trainable
-
+def build(arch: str, num_classes: int, bits: list[int], options: Options) -> Trainable:
     check_bits(bits, options)
     model = DedicatedModels(arch, num_classes, bits)
     return Trainable(
         model=model,
         bits=list(bits),
-        quantizer_params=parameters_named(model, BOUNDS),
-        loss_policy="none",
+        loss=labels_only,
+        param_groups=partial(sgd_and_adam, model, parameters_named(model, BOUND_NAMES)),
         initialize=lambda m, batches: calibrate(m, bits, batches),
     )
+
+
+METHOD = Method("dedicated", Options, build, check_bits, storage_bits, "one independent QAT model per bit-width")

@@ -5,7 +5,7 @@ from torch import nn
 
 
 class BitSwitchable(nn.Module):
-    """A model serving the bit-widths in ``self.bits``; ``set_bits`` sets ``active_bits`` on every layer that has one."""
+    """A model serving the bit-widths in ``self.bits``; ``set_bits`` sets ``active_bits`` on every layer having one."""
 
     bits: list[int]
 
@@ -15,3 +15,7 @@ class BitSwitchable(nn.Module):
         for m in self.modules():
             if hasattr(m, "active_bits"):
                 m.active_bits = bits
+
+    def serving(self, bits: int) -> nn.Module:
+        """The module whose layers run at ``bits`` (the model itself unless it routes between sub-models)."""
+        return self

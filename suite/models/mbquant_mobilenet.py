@@ -16,29 +16,16 @@ import os
 import torch
 from torch import nn
 
-from suite.models.base import BitSwitchable
-from suite.methods.mbquant import (
-    QUANTIZER_PARAMETERS, MultiBranchConv, MultiBranchDepthwiseConv, SwitchableBatchNorm, bn_sizes,
-    depthwise_bn_sizes,
+from suite.layers.multibranch import (
+    BOUND_NAMES, MultiBranchConv, MultiBranchDepthwiseConv, SwitchableBatchNorm, bn_sizes, depthwise_bn_sizes,
 )
+from suite.models.base import BitSwitchable
+from suite.models.mobilenet import HEAD_WIDTH, mv1_layers
 
-HEAD_WIDTH = 32
-# Per stage: (output width, blocks); the first block of stages 1-4 has a stride-2 depthwise conv (224 -> 7).
-MV1_STAGES = ((64, 1), (128, 2), (256, 2), (512, 6), (1024, 2))
 # Partial outputs of each block's pw conv at 3 bits (the release's ``oneBit``); a block's p_in is the previous
 # block's p_out (HEAD_WIDTH for the first block).
 MV1_PARTIAL_OUT = (52, 40, 101, 148, 223, 373, 404, 236, 376, 419, 233, 892, 1024)
 BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-def mv1_layers() -> list[tuple[str, int, int, int]]:
-    """(module name, per-branch ci, co, dw stride) of the 13 blocks, in order."""
-    layers, ci = [], HEAD_WIDTH
-    for s, (co, n) in enumerate(MV1_STAGES):
-        for i in range(n):
-            layers.append((f"stage_{s}_layer_{i}", ci, co, 2 if (s > 0 and i == 0) else 1))
-            ci = co
-    return layers
 
 
 class DepthwiseSeparable(nn.Module):
@@ -161,7 +148,7 @@ def load_pretrained_fp(model: MBQuantMobileNetV1, path: str) -> None:
     pairs, new = fp_key_map(), {}
     for key, target in own.items():
         module, field = key.rsplit(".", 1)
-        if field in QUANTIZER_PARAMETERS:
+        if field in BOUND_NAMES:
             continue
         bn = module.rsplit(".bn.", 1)[0] if ".bn." in key else None  # per-bit BN ``<bn>.bn.<j>`` <- FP BN ``<bn>``
         source = pairs.get(f"{bn}.{field}" if bn else key)
@@ -180,4 +167,4 @@ def load_pretrained_fp(model: MBQuantMobileNetV1, path: str) -> None:
             raise ValueError(f"{source} {tuple(fp.shape)} cannot initialise {key} {tuple(target.shape)}")
         new[key] = value
     missing, unexpected = model.load_state_dict(new, strict=False)
-    assert not unexpected and all(k.rsplit(".", 1)[-1] in QUANTIZER_PARAMETERS for k in missing)
+    assert not unexpected and all(k.rsplit(".", 1)[-1] in BOUND_NAMES for k in missing)

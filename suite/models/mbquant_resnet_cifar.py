@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from suite.layers.branch_selection import first_branch
+from suite.layers.multibranch import MultiBranchConv, SwitchableBatchNorm, bn_sizes
 from suite.models.base import BitSwitchable
-from suite.methods.mbquant import MultiBranchConv, SwitchableBatchNorm, bn_sizes, first_branch
+from suite.models.resnet import CIFAR_WIDTHS
 
 # Per-stage (partial outputs, partial inputs) of the 3-bit partial branch in the released CIFAR ResNets.
 CIFAR_PARTIAL_WIDTHS = ((16, 8), (24, 16), (48, 24))
@@ -61,7 +63,7 @@ class BasicBlock(nn.Module):
 class MBQuantResNetCIFAR(BitSwitchable):
     def __init__(self, depth: int = 20, num_classes: int = 100, *, bits=(2, 4, 6, 8), branches: int = 4,
                  strategy: str = "amortization", release_quirks: bool = True, conv_impl: str = "grouped",
-                 widths=(16, 32, 64), partial_widths=CIFAR_PARTIAL_WIDTHS):
+                 widths=CIFAR_WIDTHS, partial_widths=CIFAR_PARTIAL_WIDTHS):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")

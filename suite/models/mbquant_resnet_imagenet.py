@@ -17,16 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from suite.layers.branch_selection import first_branch
+from suite.layers.multibranch import MultiBranchConv, SwitchableBatchNorm, bn_sizes
 from suite.models.base import BitSwitchable
-from suite.methods.mbquant import MultiBranchConv, SwitchableBatchNorm, bn_sizes, first_branch
+from suite.models.resnet import IMAGENET_BLOCKS, IMAGENET_WIDTHS
 
 # Per-stage (partial outputs, partial inputs) of the 3-bit partial branch in the released 2-3-4 ResNets (§3.2, §5).
 IMAGENET_PARTIAL_WIDTHS = {
     18: ((40, 64), (76, 40), (184, 76), (396, 184)),
     34: ((39, 64), (78, 39), (188, 78), (400, 188)),
 }
-BLOCKS_PER_STAGE = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
-WIDTHS = (64, 128, 256, 512)
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -88,31 +88,32 @@ class MBQuantResNetImageNet(BitSwitchable):
     def __init__(self, depth: int = 18, num_classes: int = 1000, *, bits=(2, 4, 6, 8), branches: int = 4,
                  strategy: str = "amortization", release_quirks: bool = True, conv_impl: str = "grouped"):
         super().__init__()
-        if depth not in BLOCKS_PER_STAGE:
-            raise ValueError(f"MBQuant ImageNet ResNet depth must be one of {sorted(BLOCKS_PER_STAGE)}, got {depth}")
+        if depth not in IMAGENET_BLOCKS:
+            raise ValueError(f"MBQuant ImageNet ResNet depth must be one of {sorted(IMAGENET_BLOCKS)}, got {depth}")
         self.bits, self.branches = list(bits), branches
         # The ImageNet release offsets rows by co (aligned) under every variant.
         conv_kw = dict(branches=branches, strategy=strategy, release_quirks=release_quirks, conv_impl=conv_impl,
                        row_offset="co")
         bn_kw = dict(branches=branches, release_quirks=False)  # 7 BNs at the last conv: no eighth (§1.4)
         # Full-precision stem shared by all branches and bit-widths (one BN), tiled G times in ``forward``.
-        self.conv1 = nn.Conv2d(3, WIDTHS[0], 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(WIDTHS[0])
+        self.conv1 = nn.Conv2d(3, IMAGENET_WIDTHS[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(IMAGENET_WIDTHS[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        stage_blocks, ci = BLOCKS_PER_STAGE[depth], WIDTHS[0]
-        for s, (co, n_blocks, (p_out, p_in)) in enumerate(zip(WIDTHS, stage_blocks, IMAGENET_PARTIAL_WIDTHS[depth])):
+        stage_blocks, ci = IMAGENET_BLOCKS[depth], IMAGENET_WIDTHS[0]
+        stages = zip(IMAGENET_WIDTHS, stage_blocks, IMAGENET_PARTIAL_WIDTHS[depth])
+        for s, (co, n_blocks, (p_out, p_in)) in enumerate(stages):
             blocks = []
             for i in range(n_blocks):
                 blocks.append(BasicBlock(
                     ci, co, 2 if (s > 0 and i == 0) else 1, (p_out, p_in if i == 0 else p_out),
-                    first=(s == 0 and i == 0), last=(s == len(WIDTHS) - 1 and i == n_blocks - 1),
+                    first=(s == 0 and i == 0), last=(s == len(IMAGENET_WIDTHS) - 1 and i == n_blocks - 1),
                     conv_kw=conv_kw, bn_kw=bn_kw,
                 ))
                 ci = co
             self.add_module(f"layer{s + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(WIDTHS[-1], num_classes)
+        self.fc = nn.Linear(IMAGENET_WIDTHS[-1], num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, MultiBranchConv)):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")  # whole stored tensor

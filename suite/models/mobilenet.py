@@ -1,6 +1,7 @@
 """Single-branch MobileNetV1 whose body convs and BNs come from a method's factories: the baselines' model.
 
-The layout of MBQuant's MobileNetV1 (``mbquant_mobilenet.mv1_layers``) with one branch: a full-precision head
+The layout of the release's MobileNetV1 (``mv1_layers``, which MBQuant's model shares) with one branch: a
+full-precision head
 (3x3 stride-2 conv 32, BN, ReLU), 13 depthwise-separable blocks ``stage_{s}_layer_{i}`` whose 3x3 depthwise and
 1x1 pointwise convs are both quantized (MBQuant's depthwise convs run at b bits too), average pool and a
 full-precision ``classifier``. The conv factory is called as ``conv(ci, co, kernel, stride, padding,
@@ -16,8 +17,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite.models.base import BitSwitchable
-from suite.models.mbquant_mobilenet import HEAD_WIDTH, mv1_layers
 from suite.models.resnet import ConvFactory, NormFactory
+
+HEAD_WIDTH = 32
+# Per stage: (output width, blocks); the first block of stages 1-4 has a stride-2 depthwise conv (224 -> 7).
+MV1_STAGES = ((64, 1), (128, 2), (256, 2), (512, 6), (1024, 2))
+
+
+def mv1_layers() -> list[tuple[str, int, int, int]]:
+    """(module name, per-branch ci, co, dw stride) of the 13 blocks, in order."""
+    layers, ci = [], HEAD_WIDTH
+    for s, (co, n) in enumerate(MV1_STAGES):
+        for i in range(n):
+            layers.append((f"stage_{s}_layer_{i}", ci, co, 2 if (s > 0 and i == 0) else 1))
+            ci = co
+    return layers
 
 
 class DepthwiseSeparable(nn.Module):
@@ -57,6 +71,16 @@ class MobileNetV1(BitSwitchable):
         for name in self.block_names:
             x = getattr(self, name)(x)
         return self.classifier(torch.flatten(self.avgpool(x), 1))
+
+    def dataflow(self):
+        """(body norm, the conv it follows, the body conv whose output that conv reads, or None after the head),
+        in forward order: depthwise after the previous block's pointwise, pointwise after its depthwise."""
+        previous = None
+        for name in self.block_names:
+            block = getattr(self, name)
+            yield block.bn1, block.depthwise, previous
+            yield block.bn2, block.pointwise, block.depthwise
+            previous = block.pointwise
 
 
 def mobilenetv1(**kwargs) -> MobileNetV1:

@@ -15,7 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite.models.base import BitSwitchable
-from suite.models.mbquant_resnet_imagenet import BLOCKS_PER_STAGE, WIDTHS
+
+CIFAR_WIDTHS = (16, 32, 64)
+# torchvision's ImageNet ResNets (MBQuant's ImageNet ResNets use the same stage layout).
+IMAGENET_WIDTHS = (64, 128, 256, 512)
+IMAGENET_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
 ConvFactory = Callable[..., nn.Module]  # (ci, co, kernel, stride, padding, groups=1) -> conv
 NormFactory = Callable[[int], nn.Module]
@@ -68,9 +72,21 @@ class ResNet(BitSwitchable):
             x = getattr(self, f"layer{s + 1}")(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
+    def dataflow(self):
+        """(body norm, the conv it follows, the body conv whose output that conv reads, or None after the stem),
+        in forward order. A block's conv1 and shortcut both read the block input: the previous block's conv2."""
+        previous = None
+        for s in range(self.num_stages):
+            for block in getattr(self, f"layer{s + 1}"):
+                yield block.bn1, block.conv1, previous
+                yield block.bn2, block.conv2, block.conv1
+                if block.shortcut is not None:
+                    yield block.shortcut[1], block.shortcut[0], previous
+                previous = block.conv2
+
 
 def cifar_resnet(depth: int, num_classes: int = 100, *, bits=(2, 4, 6, 8), conv: ConvFactory, norm: NormFactory,
-                 widths=(16, 32, 64)) -> ResNet:
+                 widths=CIFAR_WIDTHS) -> ResNet:
     """He et al.'s CIFAR ResNet-(6n+2): 3x3 stem, three stages of n blocks."""
     if (depth - 2) % 6:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
@@ -83,9 +99,10 @@ def imagenet_resnet(depth: int, num_classes: int = 1000, *, bits=(2, 4, 6, 8), c
                     norm: NormFactory) -> ResNet:
     """torchvision's ResNet-18/34 topology (= MBQuant's ImageNet ResNet with one branch): 7x7 stride-2 stem +
     max-pool, four stages 64-128-256-512."""
-    if depth not in BLOCKS_PER_STAGE:
-        raise ValueError(f"ImageNet ResNet depth must be one of {sorted(BLOCKS_PER_STAGE)}, got {depth}")
-    return ResNet(stem_kernel=7, stem_stride=2, maxpool=True, widths=WIDTHS, blocks_per_stage=BLOCKS_PER_STAGE[depth],
+    if depth not in IMAGENET_BLOCKS:
+        raise ValueError(f"ImageNet ResNet depth must be one of {sorted(IMAGENET_BLOCKS)}, got {depth}")
+    return ResNet(stem_kernel=7, stem_stride=2, maxpool=True, widths=IMAGENET_WIDTHS,
+                  blocks_per_stage=IMAGENET_BLOCKS[depth],
                   num_classes=num_classes, bits=bits, conv=conv, norm=norm)
 
 

@@ -1,0 +1,26 @@
+"""The optimisation recipe of a run (``recipe`` in a manifest): read by the methods, which turn it into their
+optimiser parameter groups, and by the trainer, which runs the schedule."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class Recipe:
+    """Defaults: the published CIFAR recipe (mbquant.md §7)."""
+
+    __pydantic_config__ = {"extra": "forbid"}
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_quant: float = 1e-4  # the quantizer parameters' learning rate, for methods that optimise them apart
+    no_weight_decay_on: list[Literal["bn", "depthwise"]] = field(default_factory=list)
+    steps_per_epoch: int | None = None  # cap on training steps per epoch (smoke profiles)
+    eval_batch_size: int | None = None  # defaults to batch_size
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    # torch.compile the training forward: one compilation per bit-width (minutes), then a faster joint step;
+    # evaluation stays eager. A model that changes its layers' bit-widths at random recompiles per draw.
+    compile: bool = False
