@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -74,7 +75,9 @@ def cmd_import_checkpoint(args) -> int:
         data_overrides=parse_set_options(args.set), eval_batch_size=args.batch_size, device=args.device,
         trusted=args.trust_checkpoint,
     )
-    run_manifest(resolve_manifest(doc, args.checkpoint, profile), args.results, progress=False)
+    loaded = resolve_manifest(doc, args.checkpoint, profile)
+    loaded.command = "python -m suite " + shlex.join(args.argv)
+    run_manifest(loaded, args.results, progress=False)
     return 0
 
 
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="import MODULE and register the method it defines as METHOD (repeatable)")
 
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)  # progress lines appear as they happen, also under tox / CI
     from suite.data import DatasetNotFound
     from suite.interop import InteropError

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -75,6 +76,7 @@ class Manifest(_Strict):
     name: str
     version: int = Field(ge=1, description="bump when the experiment's meaning changes")
     title: str
+    claim: str = Field("", description="the paper's claim this experiment checks, in one sentence")
     task: Literal["train", "costs", "evaluate"] = Field(
         "train", description="train: every (arm, seed) through the trainer; costs: storage and BitOPs of every "
         "arm's model, measured without training or data; evaluate: a released checkpoint at every bit-width")
@@ -182,8 +184,15 @@ class ResolvedArm(BaseModel):
 class LoadedManifest(BaseModel):
     path: Path
     profile: str
+    overrides: dict[str, Any] = {}  # the --set values applied
     manifest: Manifest  # profile and --set applied, arms not yet
     arms: list[ResolvedArm]
+    command: str = ""  # the command that reproduces this invocation
+
+    def model_post_init(self, _context) -> None:
+        if not self.command:
+            sets = "".join(f" --set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in self.overrides.items())
+            self.command = f"python -m suite run {shlex.quote(str(self.path))} --profile {self.profile}{sets}"
 
     @property
     def hash(self) -> str:
@@ -229,7 +238,7 @@ def resolve_manifest(doc: dict, path: Path, profile: str = "paper",
     for i, arm in enumerate(arms):
         arm_doc = apply_overrides(resolved_doc, arm.set)
         resolved.append(ResolvedArm(name=arm.name, config=_validate(arm_doc, path, f"arms[{i}] `{arm.name}`")))
-    return LoadedManifest(path=path, profile=profile, manifest=manifest, arms=resolved)
+    return LoadedManifest(path=path, profile=profile, overrides=overrides or {}, manifest=manifest, arms=resolved)
 
 
 def flatten(doc: Any, prefix: str = "") -> dict[str, Any]:

@@ -6,7 +6,7 @@ configuration: an identical run that finished, in this manifest or another, is r
 """
 from __future__ import annotations
 
-import platform
+import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +24,7 @@ from suite.methods import Trainable, method as registered_method
 from suite.plots import training_curves_figure
 from suite.quant_error import measure_switching_error, summarize
 from suite.records import final_metrics, scale_label
-from suite.tracking import Tracker, git_state
+from suite.tracking import Tracker, environment_tags, git_state
 from suite.trainer import evaluate, fit, resolve_device, seed_everything
 
 ANALYSIS_METRIC_PREFIXES = ("qerr_",)  # metrics an ``analyses`` entry logs (suite.quant_error)
@@ -45,14 +45,13 @@ def manifest_tags(loaded: LoadedManifest) -> dict[str, str]:
     """Tags every run of one invocation carries: code, environment, manifest, profile and its scale."""
     m = loaded.manifest
     return {
-        **git_state(Path(__file__).parent),
-        "torch.version": torch.__version__, "python.version": platform.python_version(),
+        **git_state(Path(__file__).parent), **environment_tags(),
         "suite.device": str(resolve_device(m.recipe.device)), "suite.profile": loaded.profile,
         "suite.scale": scale_label(loaded.profile) or "paper-protocol", "suite.manifest": m.name,
         "suite.manifest_version": str(m.version), "suite.manifest_file": str(loaded.path),
         "suite.manifest_hash": loaded.hash, "suite.title": m.title, "suite.paper_ref": m.paper.ref,
-        "suite.paper_verified": str(m.paper.verified).lower(),
-        "suite.tolerance": "" if m.tolerance is None else str(m.tolerance),
+        "suite.paper_verified": str(m.paper.verified).lower(), "suite.claim": m.claim,
+        "suite.tolerance": "" if m.tolerance is None else str(m.tolerance), "suite.command": loaded.command,
     }
 
 
@@ -97,7 +96,8 @@ def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = 
     tracker = Tracker(results_dir)
     experiment = tracker.experiment_id(m.experiment_name)
     tags = manifest_tags(loaded)
-    parent = tracker.start_parent(experiment, f"{m.name} [{loaded.profile}]", tags,
+    jobs = [[arm.name, seed] for arm in loaded.arms for seed in (m.seeds if m.task == "train" else [0])]
+    parent = tracker.start_parent(experiment, f"{m.name} [{loaded.profile}]", tags | {"suite.jobs": json.dumps(jobs)},
                                   flatten(m.model_dump(mode="json", exclude={"profiles", "arms"})))
     inv = Invocation(loaded, tracker, experiment, parent, tags, Path(results_dir), progress, echo)
     runs = f"{len(loaded.arms)} arm(s)" + (f" x {len(m.seeds)} seed(s)" if m.task == "train" else "")

@@ -8,12 +8,15 @@ mlflow is imported lazily so the model/trainer core runs where it is not install
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+import torch
 
 
 TAG_KIND, TAG_KEY = "suite.kind", "suite.run_key"
@@ -36,6 +39,21 @@ def git_state(cwd: Path | None = None) -> dict[str, str]:
     if commit.returncode != 0:
         return {"git.commit": "unknown", "git.dirty": "unknown"}
     return {"git.commit": commit.stdout.strip(), "git.dirty": str(bool(dirty.stdout.strip())).lower()}
+
+
+def environment_tags() -> dict[str, str]:
+    """Where a run ran: torch and CUDA versions, GPU model and count, CPU and threads."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"torch.version": torch.__version__, "suite.cuda": torch.version.cuda or "none",
+            "suite.gpu": torch.cuda.get_device_name(0) if gpus else "none", "suite.gpu_count": str(gpus),
+            "suite.cpu": cpu, "suite.cpu_threads": str(torch.get_num_threads()),
+            "python.version": platform.python_version()}
 
 
 class Tracker:

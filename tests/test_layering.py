@@ -1,0 +1,43 @@
+"""Dependencies point one way (layers -> models -> methods -> trainer -> runner), checked on the real import graph."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "suite"
+
+
+def loaded_after_import(module: str) -> set[str]:
+    """The suite modules a fresh interpreter has loaded after importing ``module``."""
+    code = f"import sys, {module}; print('\\n'.join(m for m in sys.modules if m.startswith('suite')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+@pytest.mark.parametrize("module, forbidden", [
+    ("suite.layers.multibranch", ("suite.models", "suite.methods")),
+    ("suite.models", ("suite.methods", "suite.trainer")),
+    ("suite.methods", ("suite.trainer", "suite.runner")),
+    ("suite.trainer", ("suite.runner", "suite.tracking", "suite.manifest")),
+    ("suite.runner", ("suite.report",)),
+])
+def test_importing_a_layer_loads_nothing_above_it(module, forbidden):
+    loaded = loaded_after_import(module)
+    assert not {m for m in loaded if m.startswith(forbidden)}, loaded
+
+
+def test_no_function_level_suite_imports_outside_the_cli():
+    """Imports at module top show a module's dependencies at a glance; only the CLI defers them (start-up time)."""
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for inner in ast.walk(node):
+                    if isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith("suite") or \
+                            isinstance(inner, ast.Import) and any(a.name.startswith("suite") for a in inner.names):
+                        offenders.append(f"{path.relative_to(PACKAGE.parent)}:{inner.lineno}")
+    assert not offenders
