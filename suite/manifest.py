@@ -94,6 +94,8 @@ class Manifest(_Strict):
     arms: list[Arm] = Field(default_factory=list)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     tolerance: float | None = Field(None, description="top-1 points within which a reproduction agrees with the paper")
+    pipeline_check: bool = Field(False, description="the runs only show that every arm runs end to end (too short "
+                                 "to learn): the report draws no accuracy comparison from them")
 
     @field_validator("arms")
     @classmethod

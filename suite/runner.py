@@ -51,6 +51,7 @@ def manifest_tags(loaded: LoadedManifest) -> dict[str, str]:
         "suite.manifest_version": str(m.version), "suite.manifest_file": str(loaded.path),
         "suite.manifest_hash": loaded.hash, "suite.title": m.title, "suite.paper_ref": m.paper.ref,
         "suite.paper_verified": str(m.paper.verified).lower(), "suite.claim": m.claim,
+        "suite.pipeline_check": str(m.pipeline_check).lower(),
         "suite.tolerance": "" if m.tolerance is None else str(m.tolerance), "suite.command": loaded.command,
     }
 
