@@ -136,18 +136,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     getattr(sys.stdout, "reconfigure", lambda **_: None)(line_buffering=True)  # progress lines appear as they happen, also under tox / CI
-    from suite.data import DatasetNotFound
+    from suite import interrupts
+    from suite.checkpoints import CheckpointError
+    from suite.data import DataError, DatasetNotFound
     from suite.interop import InteropError
     from suite.manifest import ManifestError
     from suite.methods import PluginError, load_plugin
+    from suite.tracking import StoreError
 
+    interrupts.install()
     try:
         for module in getattr(args, "plugin", []):
             load_plugin(module)
         return args.func(args)
-    except (ManifestError, DatasetNotFound, InteropError, PluginError) as err:
+    except (ManifestError, DatasetNotFound, DataError, InteropError, PluginError, StoreError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except interrupts.Interrupted as err:
+        print(f"\n{err}: the runs are closed as KILLED; run the same command again to resume", file=sys.stderr)
+        return 128 + err.signum
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        interrupts.reset()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from suite.fields import FieldError, check_number
+
 # mbquant.md §7: the release normalises with these CIFAR-100 statistics; we use them for CIFAR-10 as well, so
 # both CIFAR settings share one preprocessing (the release only ships a CIFAR-100 recipe).
 CIFAR_MEAN = tuple(v / 255 for v in (129.3, 124.1, 112.4))
@@ -35,6 +37,10 @@ IMAGENET_FOLDER = "imagenet"  # <root>/imagenet/train/<wnid>/*.JPEG and <root>/i
 SUBSET_SEED = 0       # train_limit / val_limit subsets: the same images for every run seed
 DIGITS_SPLIT_SEED = 0  # digits train/test split: the same split for every run seed
 DIGITS_TEST_FRACTION = 0.25
+
+
+# Images per split of the datasets whose size is fixed: what limits and batch sizes are checked against.
+SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "digits": (1_347, 450)}
 
 
 @dataclass
@@ -53,6 +59,26 @@ class DataConfig:
     val_limit: int | None = None     # same for the validation/test set
     workers: int = 0                 # DataLoader workers
 
+    def __post_init__(self):
+        low = {"cifar10": 32, "cifar100": 32, "digits": 8, "imagenet": 16}.get(self.dataset, 8)
+        high = 32 if self.dataset.startswith("cifar") else 1024  # CIFAR images are 32x32: no other size
+        check_number(self, "image_size", low, high, integer=True)
+        train, val = SPLIT_SIZES.get(self.dataset, (None, None))
+        check_number(self, "train_limit", 1, train, integer=True)
+        check_number(self, "val_limit", 1, val, integer=True)
+        check_number(self, "workers", 0, 256, integer=True)
+        if self.download and self.dataset == "imagenet":
+            raise FieldError("download", "imagenet cannot be downloaded (it needs a registered account): "
+                                         "extract it under data.root instead")
+        if self.download and not self.verify_integrity:
+            raise FieldError("verify_integrity", "false cannot be combined with download: true (downloads are "
+                                                 "always md5-checked); drop one of the two")
+
+    def train_size(self) -> int | None:
+        """Training images a run sees, where the dataset's size is fixed (None for ImageNet folders)."""
+        full = SPLIT_SIZES.get(self.dataset, (None, None))[0]
+        return self.train_limit or full
+
 
 @dataclass
 class Data:
@@ -67,11 +93,11 @@ class DatasetNotFound(FileNotFoundError):
     """The dataset's files are missing or fail the integrity check; the message says what to do."""
 
 
+class DataError(ValueError):
+    """The data on disk does not fit the configuration (a limit or batch larger than a split read from disk)."""
+
+
 def build_data(cfg: DataConfig, batch_size: int, seed: int, eval_batch_size: int | None = None) -> Data:
-    if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-        raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
-    if cfg.workers < 0:
-        raise ValueError(f"data.workers must be >= 0, got {cfg.workers}")
     if cfg.dataset in ("cifar10", "cifar100"):
         train, val, num_classes, description = _cifar(cfg)
     elif cfg.dataset == "digits":
@@ -87,7 +113,7 @@ def build_data(cfg: DataConfig, batch_size: int, seed: int, eval_batch_size: int
     description += note
     # drop_last with fewer images than one batch would give an epoch with no steps: say so instead.
     if len(train) < batch_size:
-        raise ValueError(f"only {len(train)} training images for batch_size {batch_size}: "
+        raise DataError(f"only {len(train)} training images for batch_size {batch_size}: "
                          "every batch would be dropped (raise data.train_limit or lower the batch size)")
 
     loader = dict(num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
@@ -112,7 +138,7 @@ def _limit(ds: Dataset, limit: int | None, field: str) -> tuple[Dataset, str]:
     if limit is None:
         return ds, ""
     if not 1 <= limit <= len(ds):
-        raise ValueError(f"data.{field}={limit} is out of range: the split has {len(ds)} images (need 1..{len(ds)})")
+        raise DataError(f"data.{field}={limit} is out of range: the split has {len(ds)} images (need 1..{len(ds)})")
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(SUBSET_SEED))[:limit]
     return Subset(ds, sorted(idx.tolist())), f"; {field} {limit} of {len(ds)} (seed {SUBSET_SEED})"
 
@@ -124,11 +150,6 @@ def _cifar(cfg: DataConfig):
     from torchvision import datasets, transforms
     from torchvision.datasets.utils import check_integrity
 
-    if cfg.image_size != 32:
-        raise ValueError(f"data.image_size must be 32 for {cfg.dataset} (its images are 32x32), got {cfg.image_size}")
-    if cfg.download and not cfg.verify_integrity:
-        raise ValueError("data.verify_integrity: false cannot be combined with data.download: true "
-                         "(downloads are always md5-checked); drop one of the two")
     official = datasets.CIFAR100 if cfg.dataset == "cifar100" else datasets.CIFAR10
     name = "CIFAR-100" if cfg.dataset == "cifar100" else "CIFAR-10"
     root = _root(cfg)
@@ -189,16 +210,12 @@ def _imagenet(cfg: DataConfig):
     from torchvision import datasets, transforms
 
     size = cfg.image_size
-    if size < 16:
-        raise ValueError(f"data.image_size must be >= 16 for imagenet (the crop side; published: 224), got {size}")
     root = os.path.join(_root(cfg), IMAGENET_FOLDER)
     how = (f"ImageNet cannot be downloaded automatically (it needs a registered account): get ILSVRC2012_img_train.tar "
            f"and ILSVRC2012_img_val.tar from https://image-net.org/, extract the training images into "
            f"{root}/train/<wnid>/*.JPEG and sort the 50,000 validation images into {root}/val/<wnid>/*.JPEG "
            f"(e.g. with the widely used valprep.sh, or torchvision.datasets.ImageNet's archive parser), or point "
            f"the suite at the folder holding imagenet/ with SUITE_DATA_ROOT=<dir> or `--set data.root=<dir>`.")
-    if cfg.download:
-        raise ValueError(f"data.download: true is not possible for imagenet. {how}")
     resize = round(size * 256 / 224)  # 256 for the published 224 crop
     normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     transform = {
@@ -257,8 +274,6 @@ def _digits(cfg: DataConfig):
     from sklearn.model_selection import train_test_split
 
     size = cfg.image_size
-    if size < 8:
-        raise ValueError(f"data.image_size must be >= 8 for digits (8x8 originals), got {size}")
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [N,1,8,8], 0..16 -> [0,1]
     y = torch.tensor(digits.target, dtype=torch.int64)

@@ -33,9 +33,7 @@ which the runner runs like any other (CLI ``python -m suite import-checkpoint``)
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import pickle
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -46,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from suite.checkpoints import UnsafeCheckpoint, load_data, sha256_file
 from suite.data import NUM_CLASSES
 from suite.layers.branch_selection import BN_SLOTS
 from suite.layers.multibranch import BOUND_NAMES as SUITE_BOUNDS
@@ -268,22 +267,16 @@ def _numpy_safe_globals() -> list:
 
 
 def read_checkpoint(path: str | os.PathLike, *, trusted: bool = False) -> dict:
-    """``torch.load`` on CPU with ``weights_only`` (tensors, containers, numpy arrays/scalars only).
-
-    ``trusted=True`` allows arbitrary pickles: only for files from a source you trust.
-    """
+    """A checkpoint file loaded on the CPU as data only (tensors, containers, numpy arrays/scalars);
+    ``trusted=True`` allows arbitrary pickles: only for files from a source you trust."""
     path = Path(path)
     if not path.is_file():
         raise InteropError(f"checkpoint not found: {path}")
-    if trusted:
-        return torch.load(path, map_location="cpu", weights_only=False)
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise InteropError(f"{path}: holds objects beyond tensors and numpy values, refused by the safe loader "
-                           f"({str(err).splitlines()[-1][:300]}). If you trust the file, load it with "
-                           "trusted=True (CLI: --trust-checkpoint).") from None
+        return load_data(path, safe_globals=_numpy_safe_globals(), trusted=trusted)
+    except UnsafeCheckpoint as err:
+        raise InteropError(f"{err}. If you trust the file, load it with trusted=True (CLI: --trust-checkpoint).") \
+            from None
 
 
 def split_checkpoint(obj: Mapping) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
@@ -354,6 +347,20 @@ def fill_from_release_state_dict(model: nn.Module, state: Mapping[str, torch.Ten
     return ImportReport(loaded=loaded, ignored=ignored, prefix="", metadata={}, warnings=notes)
 
 
+def _check_trained_bits(state: Mapping[str, torch.Tensor], bits: list[int], setting: str, what: str) -> None:
+    """Every bit-width of the setting must have been calibrated in every quantized conv: its upper activation
+    bound (column b-2 of ``uA``) is non-zero in some slot. Both settings store identical keys and shapes, so this
+    is what tells a 2-4-6-8 checkpoint from a 2-3-4 one."""
+    convs = list(dict.fromkeys(k.rsplit(".uA.", 1)[0] for k in state if ".uA." in k))  # in checkpoint order
+    for conv in convs:
+        slots = sorted(k for k in state if k.startswith(f"{conv}.uA."))
+        for b in bits:
+            if all(float(state[k][b - 2]) == 0 for k in slots):
+                raise CheckpointMismatch(f"{what} does not serve setting {setting} (bits {bits}): {slots[0]}"
+                                         f"[{b - 2}] and the other slots' upper activation bounds for {b} bits are 0, "
+                                         f"so {b} bits were never calibrated or trained in it")
+
+
 def load_release_checkpoint(path: str | os.PathLike | Mapping, model: str = "resnet20", dataset: str = "cifar100",
                             setting: str = "2468", *, return_report: bool = False, trusted: bool = False):
     """The suite model filled from a released checkpoint (or a bare release state dict), in eval mode.
@@ -369,6 +376,7 @@ def load_release_checkpoint(path: str | os.PathLike | Mapping, model: str = "res
     report = fill_from_release_state_dict(net, state, rename=RELEASE_MODELS[model].rename,
                                           what=f"{what} (read as {model}, setting {setting}, dataset {dataset}: "
                                                f"{NUM_CLASSES[dataset]} classes)")
+    _check_trained_bits(state, net.bits, setting, what)
     report.prefix = prefix
     report.metadata = {k: v for k, v in metadata.items() if k in ("epoch", "arch", "acc1", "best_acc1")}
     net.release_meta = {**report.metadata, "prefix": prefix, "model": model}
@@ -482,14 +490,6 @@ def _guess_model(model: nn.Module) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Evaluate and track
 # ----------------------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def setting_of(bits: list[int]) -> str:

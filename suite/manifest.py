@@ -7,23 +7,67 @@ Resolution order: base document <- profile <- ``--set`` <- arm.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
+import math
 import shlex
+import typing
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError, field_validator, \
+    model_validator
 
 from suite.data import DataConfig
+from suite.fields import FieldError, check_distinct
 from suite.methods import method as registered_method
 from suite.recipe import Recipe
+
+MAX_SEED = 2**31 - 1
+Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
 
 
 class ManifestError(ValueError):
     """A manifest that cannot be run; the message names the file and the field."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML where a mapping that repeats a key is an error (plain YAML keeps the last value silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def _numeric_fields(cls) -> set[str]:
+    """Fields of a dataclass annotated with int or float (possibly optional), which must not take a boolean."""
+    hints = typing.get_type_hints(cls)
+    out = set()
+    for f in dataclasses.fields(cls):
+        args = set(typing.get_args(hints[f.name])) or {hints[f.name]}
+        if args & {int, float} and bool not in args:
+            out.add(f.name)
+    return out
+
+
+def reject_booleans(section: Any, cls, prefix: str) -> None:
+    """YAML's true/false would pass as 1/0 where a number is expected: name the field instead."""
+    if isinstance(section, dict):
+        for name in _numeric_fields(cls) & set(section):
+            if isinstance(section[name], bool):
+                raise FieldError(f"{prefix}{name}", f"must be a number, got a boolean ({str(section[name]).lower()})")
 
 
 class _Strict(BaseModel):
@@ -42,12 +86,14 @@ class ModelSpec(_Strict):
 
 class MethodSpec(_Strict):
     name: str
-    bits: list[int] = Field(min_length=1)
+    bits: list[StrictInt] = Field(min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _method_options(self):
         method = registered_method(self.name)
+        check_distinct("bits", self.bits)
+        reject_booleans(self.options, method.Options, "options.")
         try:
             options = TypeAdapter(method.Options).validate_python(self.options)
         except ValidationError as err:
@@ -74,7 +120,7 @@ class Arm(_Strict):
 
 class Manifest(_Strict):
     name: str
-    version: int = Field(ge=1, description="bump when the experiment's meaning changes")
+    version: StrictInt = Field(ge=1, description="bump when the experiment's meaning changes")
     title: str
     claim: str = Field("", description="the paper's claim this experiment checks, in one sentence")
     task: Literal["train", "costs", "evaluate"] = Field(
@@ -87,7 +133,7 @@ class Manifest(_Strict):
     model: ModelSpec
     method: MethodSpec
     recipe: Recipe
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[Seed] = Field(min_length=1)
     analyses: list[Literal["quant_error"]] = Field(
         default_factory=list, description="measurements on each trained model (its best checkpoint), logged to "
         "the run; quant_error: weight / activation switching error per layer and bit-width")
@@ -105,10 +151,32 @@ class Manifest(_Strict):
             raise ValueError(f"arm names must be unique, got {names}")
         return arms
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, doc):
+        if isinstance(doc, dict):
+            reject_booleans(doc.get("recipe"), Recipe, "recipe.")
+            reject_booleans(doc.get("data"), DataConfig, "data.")
+            if isinstance(doc.get("tolerance"), bool):
+                raise FieldError("tolerance", "must be a number, got a boolean")
+        return doc
+
     @model_validator(mode="after")
-    def _checkpoint_for_evaluate(self):
+    def _consistent(self):
         if (self.task == "evaluate") != (self.checkpoint is not None):
-            raise ValueError("a `checkpoint` is needed by task: evaluate, and only there")
+            raise FieldError("checkpoint", "is needed by task: evaluate, and only there")
+        check_distinct("seeds", self.seeds)
+        archs = registered_method(self.method.name).archs
+        if self.model.arch not in archs:
+            raise FieldError("model.arch", f"{self.model.arch!r} is not an architecture {self.method.name} builds "
+                                           f"(known: {', '.join(archs)})")
+        if self.tolerance is not None and not (math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise FieldError("tolerance", f"must be a finite number >= 0 (top-1 points), got {self.tolerance}")
+        train = self.data.train_size()
+        if self.task == "train" and train is not None and self.recipe.batch_size > train:
+            raise FieldError("recipe.batch_size", f"must be at most the {train} training images of "
+                                                  f"{self.data.dataset} (every batch would be dropped), got "
+                                                  f"{self.recipe.batch_size}")
         return self
 
     @property
@@ -119,10 +187,11 @@ class Manifest(_Strict):
 def set_dotted(doc: dict, dotted: str, value: Any) -> None:
     """``set_dotted(d, "recipe.epochs", 3)``; intermediate mappings are created, typos caught by validation."""
     *parents, leaf = dotted.split(".")
-    for key in parents:
+    for depth, key in enumerate(parents):
         node = doc.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ManifestError(f"cannot set {dotted!r}: {key!r} is not a mapping")
+            where = ".".join(parents[:depth + 1])
+            raise FieldError(where, f"is {node!r}, not a mapping: cannot set {dotted}")
         doc = node
     doc[leaf] = value
 
@@ -134,6 +203,13 @@ def apply_overrides(doc: dict, overrides: dict[str, Any]) -> dict:
     return doc
 
 
+def _overridden(doc: dict, overrides: dict[str, Any], path: Path, source: str) -> dict:
+    try:
+        return apply_overrides(doc, overrides)
+    except FieldError as err:
+        raise ManifestError(f"{path}: invalid manifest ({source})\n  field `{err.field}`: {err.message}") from None
+
+
 def parse_set_options(pairs: list[str]) -> dict[str, Any]:
     """``["recipe.epochs=3", "method.bits=[2,4]"]`` -> dict; values are parsed as YAML scalars / lists."""
     out = {}
@@ -141,7 +217,10 @@ def parse_set_options(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ManifestError(f"--set expects KEY=VALUE, got {pair!r}")
         key, raw = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
+        try:
+            out[key.strip()] = load_yaml(raw)
+        except yaml.YAMLError as err:
+            raise ManifestError(f"--set {pair!r}: the value is not valid YAML ({err})") from None
     return out
 
 
@@ -151,8 +230,11 @@ def _validate(doc: dict, path: Path, source: str) -> Manifest:
     except ValidationError as err:
         lines = [f"{path}: invalid manifest ({source})"]
         for e in err.errors():
-            field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            lines.append(f"  field `{field}`: {e['msg']}")
+            loc, message = [str(p) for p in e["loc"]], e["msg"]
+            cause = e.get("ctx", {}).get("error")
+            if isinstance(cause, FieldError):  # a range check inside a section: name the field itself
+                loc, message = loc + cause.field.split("."), cause.message
+            lines.append(f"  field `{'.'.join(loc) or '(top level)'}`: {message}")
         raise ManifestError("\n".join(lines)) from None
     except ManifestError:
         raise
@@ -210,9 +292,11 @@ def read_manifest_file(path: Path) -> dict:
     if not path.is_file():
         raise ManifestError(f"{path}: manifest file not found")
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = load_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise ManifestError(f"{path}: not valid YAML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path}: cannot be read ({err})") from None
     if not isinstance(doc, dict):
         raise ManifestError(f"{path}: a manifest must be a YAML mapping")
     doc.setdefault("name", path.stem)
@@ -229,17 +313,19 @@ def resolve_manifest(doc: dict, path: Path, profile: str = "paper",
     """Validate a manifest document (``path`` names it in errors), apply ``profile`` and ``overrides``, resolve arms."""
     base = _validate(doc, path, "base document")
     for name, profile_overrides in base.profiles.items():  # every profile must be valid, not only this one
-        _validate(apply_overrides(doc, profile_overrides), path, f"profile `{name}`")
+        _validate(_overridden(doc, profile_overrides, path, f"profile `{name}`"), path, f"profile `{name}`")
     if profile not in base.profiles:
         known = ", ".join(base.profiles) or "none"
         raise ManifestError(f"{path}: field `profiles`: no profile named {profile!r} (defined: {known})")
-    resolved_doc = apply_overrides(apply_overrides(doc, base.profiles[profile]), overrides or {})
-    manifest = _validate(resolved_doc, path, f"profile `{profile}` + --set" if overrides else f"profile `{profile}`")
+    source = f"profile `{profile}` + --set" if overrides else f"profile `{profile}`"
+    resolved_doc = _overridden(_overridden(doc, base.profiles[profile], path, source), overrides or {}, path, source)
+    manifest = _validate(resolved_doc, path, source)
     arms = manifest.arms or [Arm(name=manifest.method.name)]
     resolved = []
     for i, arm in enumerate(arms):
-        arm_doc = apply_overrides(resolved_doc, arm.set)
-        resolved.append(ResolvedArm(name=arm.name, config=_validate(arm_doc, path, f"arms[{i}] `{arm.name}`")))
+        where = f"arms[{i}] `{arm.name}`"
+        config = _validate(_overridden(resolved_doc, arm.set, path, where), path, where)
+        resolved.append(ResolvedArm(name=arm.name, config=config))
     return LoadedManifest(path=path, profile=profile, overrides=overrides or {}, manifest=manifest, arms=resolved)
 
 

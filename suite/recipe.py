@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
+from suite.fields import FieldError, check_number
+
+MAX_EPOCHS = 10_000
+MAX_BATCH = 1 << 16
+
 
 @dataclass
 class Recipe:
@@ -24,3 +31,18 @@ class Recipe:
     # torch.compile the training forward: one compilation per bit-width (minutes), then a faster joint step;
     # evaluation stays eager. A model that changes its layers' bit-widths at random recompiles per draw.
     compile: bool = False
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "eval_batch_size", "steps_per_epoch"):
+            check_number(self, name, 1, MAX_EPOCHS if name == "epochs" else MAX_BATCH if "batch" in name else 10**9,
+                         integer=True)
+        for name in ("lr", "lr_quant"):
+            check_number(self, name, 0, 100, above=True)
+        check_number(self, "momentum", 0, 1)
+        check_number(self, "weight_decay", 0, 1)
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise FieldError("device", f"must be auto, cpu, cuda or cuda:<index> (a torch device), "
+                                           f"got {self.device!r}") from None

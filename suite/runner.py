@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 import torch
 import yaml
+from filelock import FileLock, Timeout
 
+from suite.checkpoints import CheckpointSeries, sha256_file
 from suite.costs import measure_cost
 from suite.data import build_data, num_classes
-from suite.interop import format_results, load_release_checkpoint, mapping_table, setting_of, sha256_file
-from suite.manifest import LoadedManifest, Manifest, ResolvedArm, flatten
-from suite.methods import Trainable, method as registered_method
+from suite.interop import format_results, load_release_checkpoint, mapping_table, setting_of
+from suite.manifest import LoadedManifest, Manifest, ManifestError, ResolvedArm, flatten
+from suite.methods import Trainable, build_trainable, method as registered_method
 from suite.plots import training_curves_figure
 from suite.quant_error import measure_switching_error, summarize
 from suite.records import final_metrics, scale_label
@@ -30,10 +33,9 @@ from suite.trainer import evaluate, fit, resolve_device, seed_everything
 ANALYSIS_METRIC_PREFIXES = ("qerr_",)  # metrics an ``analyses`` entry logs (suite.quant_error)
 
 
-def build_trainable(cfg: Manifest, classes: int) -> Trainable:
+def configured_trainable(cfg: Manifest, classes: int) -> Trainable:
     """The configured method on the configured model."""
-    spec = registered_method(cfg.method.name)
-    return spec.build(cfg.model.arch, classes, cfg.method.bits, spec.Options(**cfg.method.options))
+    return build_trainable(cfg.method.name, cfg.model.arch, classes, cfg.method.bits, cfg.method.options)
 
 
 def tag_key(text: str) -> str:
@@ -81,30 +83,42 @@ class Invocation:
         return self.results_dir / "runs" / f"{cfg.model.arch}-{cfg.method.name}" / f"{arm.run_key(seed)}-seed{seed}"
 
 
-def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = True,
-                 echo: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run every (arm, seed) not already finished; returns one row per (arm, seed, bit-width).
-
-    Everything that can be checked without the tracking store (datasets, checkpoints) is checked first, so a
-    missing file fails before any run is opened or anything is written.
-    """
+def preflight(loaded: LoadedManifest) -> dict:
+    """Everything that can be checked without the tracking store, so that a missing device, dataset or checkpoint
+    fails before any run is opened or any file written. Returns the checkpoints an ``evaluate`` task reads."""
     m = loaded.manifest
+    for arm in loaded.arms:
+        device = arm.config.recipe.device
+        if device != "auto" and torch.device(device).type == "cuda":
+            index, count = torch.device(device).index or 0, torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if index >= count:
+                raise ManifestError(f"{loaded.path}: field `recipe.device`: {device} is not present on this machine "
+                                    f"({count} CUDA device(s)); use auto or cpu")
     checkpoints = {arm.name: _read_checkpoint(arm) for arm in loaded.arms} if m.task == "evaluate" else {}
     if m.task != "costs":
         for data_cfg in {yaml.safe_dump(asdict(a.config.data)): a.config.data for a in loaded.arms}.values():
             build_data(data_cfg, m.recipe.batch_size, seed=0)
+    return checkpoints
 
+
+def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = True,
+                 echo: Callable[[str], None] = print) -> pd.DataFrame:
+    """Run every (arm, seed) not already finished; returns one row per (arm, seed, bit-width)."""
+    m = loaded.manifest
+    checkpoints = preflight(loaded)
     tracker = Tracker(results_dir)
+    for run_id in tracker.close_orphans():
+        echo(f"closed run {run_id} as KILLED: the process running it is gone")
     experiment = tracker.experiment_id(m.experiment_name)
     tags = manifest_tags(loaded)
     jobs = [[arm.name, seed] for arm in loaded.arms for seed in (m.seeds if m.task == "train" else [0])]
-    parent = tracker.start_parent(experiment, f"{m.name} [{loaded.profile}]", tags | {"suite.jobs": json.dumps(jobs)},
-                                  flatten(m.model_dump(mode="json", exclude={"profiles", "arms"})))
-    inv = Invocation(loaded, tracker, experiment, parent, tags, Path(results_dir), progress, echo)
-    runs = f"{len(loaded.arms)} arm(s)" + (f" x {len(m.seeds)} seed(s)" if m.task == "train" else "")
-    echo(f"{m.name} ({m.paper.ref}, profile {loaded.profile}): {runs}; MLflow {tracker.uri}")
+    params = flatten(m.model_dump(mode="json", exclude={"profiles", "arms"}))
     rows: list[dict] = []
-    with tracker.running(parent):
+    with tracker.invocation(experiment, f"{m.name} [{loaded.profile}]", tags | {"suite.jobs": json.dumps(jobs)},
+                            params) as parent:
+        inv = Invocation(loaded, tracker, experiment, parent, tags, Path(results_dir), progress, echo)
+        runs = f"{len(loaded.arms)} arm(s)" + (f" x {len(m.seeds)} seed(s)" if m.task == "train" else "")
+        echo(f"{m.name} ({m.paper.ref}, profile {loaded.profile}): {runs}; MLflow {tracker.uri}")
         with tracker.artifact_dir(parent) as tmp:
             (tmp / f"{m.name}.{loaded.profile}.resolved.yaml").write_text(loaded.resolved_yaml())
         for arm in loaded.arms:
@@ -120,13 +134,39 @@ def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = 
     return pd.DataFrame(rows)
 
 
+@contextmanager
+def exclusive(path: Path) -> Iterator[bool]:
+    """Hold the OS file lock ``path`` for the block if no other process does (True), else do nothing (False).
+    The kernel releases it when its holder dies, so a killed run never blocks the next."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
 # ---------------------------------------------------------------------------------------------------- train
 
 
 def _train_run(inv: Invocation, arm: ResolvedArm, seed: int) -> list[dict]:
+    """One (arm, seed) under its run directory's lock: a second process on the same run skips it."""
+    run_dir = inv.run_dir(arm, seed)
+    with exclusive(run_dir / "run.lock") as mine:
+        if mine:
+            return _train_locked(inv, arm, seed, run_dir)
+    inv.echo(f"  {arm.name} seed {seed}: being trained by another process ({run_dir / 'run.lock'}), skipped here")
+    return _final_rows(arm, seed, {})
+
+
+def _train_locked(inv: Invocation, arm: ResolvedArm, seed: int, run_dir: Path) -> list[dict]:
     cfg, key, name = arm.config, arm.run_key(seed), f"{arm.name} seed {seed}"
     tracker, echo = inv.tracker, inv.echo
-    run_dir = inv.run_dir(arm, seed)
     # An identical configuration that finished here or in another manifest is not trained again.
     previous = tracker.find(key, inv.experiment, status="FINISHED") or tracker.find(key, status="FINISHED")
     if previous is not None:
@@ -150,13 +190,13 @@ def _train_run(inv: Invocation, arm: ResolvedArm, seed: int) -> list[dict]:
     with tracker.running(run_id):
         seed_everything(seed)
         data = build_data(cfg.data, cfg.recipe.batch_size, seed, cfg.recipe.eval_batch_size)
-        trainable = build_trainable(cfg, data.num_classes)
+        trainable = configured_trainable(cfg, data.num_classes)
         r = cfg.recipe
         steps = f"{r.steps_per_epoch} steps" if r.steps_per_epoch else "full epochs"
         tracker.set_tags(run_id, {"suite.setup": f"{data.description}; model {cfg.model.arch}; {r.epochs} epochs x "
                                                  f"{steps}, batch {r.batch_size}, lr {r.lr}, lr_quant {r.lr_quant}"})
         result = fit(trainable, data.train, data.val, cfg.recipe, seed=seed, run_dir=run_dir, progress=inv.progress,
-                     log=lambda metrics, step: tracker.log_metrics(run_id, metrics, step))
+                     log=lambda metrics, step: tracker.log_metrics(run_id, metrics, step), warn=echo)
         final = final_metrics(result.final) | {"best_epoch": result.best_epoch}
         final |= _cost_metrics(cfg, trainable.model, data.image_size)
         tracker.log_metrics(run_id, final, max(result.best_epoch, 0))
@@ -182,13 +222,15 @@ def _run_analyses(inv: Invocation, run_id: str, metrics: dict, arm: ResolvedArm,
     cfg = arm.config
     if "quant_error" not in cfg.analyses or any(k.startswith(ANALYSIS_METRIC_PREFIXES) for k in metrics):
         return
-    checkpoint = next((p for p in (run_dir / "best.pt", run_dir / "last.pt") if p.exists()), None)
-    if checkpoint is None:
-        inv.echo(f"    quant_error: no checkpoint under {run_dir}; analysis not run")
+    found = next(filter(None, (CheckpointSeries(run_dir, name, warn=inv.echo).latest() for name in ("best", "last"))),
+                 None)
+    if found is None:
+        inv.echo(f"    quant_error: no readable checkpoint under {run_dir}; analysis not run")
         return
+    saved, checkpoint = found
     data = build_data(cfg.data, cfg.recipe.batch_size, seed, cfg.recipe.eval_batch_size)
-    model = build_trainable(cfg, data.num_classes).model
-    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
+    model = configured_trainable(cfg, data.num_classes).model
+    model.load_state_dict(saved["model"])
     x, _ = next(iter(data.val))  # the first validation batch: deterministic, no augmentation
     table = measure_switching_error(model, cfg.method.bits, x)
     inv.tracker.log_metrics(run_id, summarize(table), 0)
@@ -221,6 +263,15 @@ def _cost_run(inv: Invocation, arm: ResolvedArm) -> list[dict]:
     """One tracked run per arm: stored bits and per-image MACs / BitOPs of the untrained model (they do not
     depend on the weights' values)."""
     cfg, key, tracker = arm.config, "costs-" + arm.run_key(0), inv.tracker
+    with exclusive(tracker.locks / f"{key}.lock") as mine:
+        if not mine:
+            inv.echo(f"  {arm.name}: being measured by another process, skipped here")
+            return []
+        return _cost_locked(inv, arm, cfg, key)
+
+
+def _cost_locked(inv: Invocation, arm: ResolvedArm, cfg: Manifest, key: str) -> list[dict]:
+    tracker = inv.tracker
     previous = tracker.find(key, inv.experiment, status="FINISHED")
     if previous is not None:
         inv.echo(f"  {arm.name}: measured earlier (run {previous.info.run_id}), not measured again")
@@ -230,7 +281,7 @@ def _cost_run(inv: Invocation, arm: ResolvedArm) -> list[dict]:
         run_id, _ = tracker.start_child(inv.experiment, inv.parent, arm.name, key, tags, flatten(arm.run_spec),
                                         kind="cost-run")
         with tracker.running(run_id):
-            model = build_trainable(cfg, num_classes(cfg.data.dataset)).model
+            model = configured_trainable(cfg, num_classes(cfg.data.dataset)).model
             metrics = _cost_metrics(cfg, model, cfg.data.image_size)
             tracker.log_metrics(run_id, metrics, 0)
     return [{"arm": arm.name, "method": cfg.method.name, "bits": b, "storage_mib": metrics["storage_mib"],
@@ -266,6 +317,14 @@ def _read_checkpoint(arm: ResolvedArm):
 
 
 def _evaluate_run(inv: Invocation, arm: ResolvedArm, net, report) -> list[dict]:
+    with exclusive(inv.tracker.locks / f"{arm.run_key(0)}.lock") as mine:
+        if mine:
+            return _evaluate_locked(inv, arm, net, report)
+    inv.echo(f"  {arm.name}: being evaluated by another process, skipped here")
+    return _final_rows(arm, 0, {})
+
+
+def _evaluate_locked(inv: Invocation, arm: ResolvedArm, net, report) -> list[dict]:
     cfg, key, tracker = arm.config, arm.run_key(0), inv.tracker
     previous = tracker.find(key, inv.experiment, status="FINISHED")
     if previous is not None:

@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import os
 import platform
+import sqlite3
 import subprocess
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from filelock import FileLock, Timeout
 
 
-TAG_KIND, TAG_KEY = "suite.kind", "suite.run_key"
+TAG_KIND, TAG_KEY, TAG_OWNER = "suite.kind", "suite.run_key", "suite.owner"
 PARENT_TAG = "mlflow.parentRunId"
+PROBE_TIMEOUT_S = 5
+
+
+class StoreError(RuntimeError):
+    """The tracking store cannot be used; the message names it and what to do."""
 
 
 def tracking_uri(results_dir: Path) -> str:
@@ -56,15 +65,83 @@ def environment_tags() -> dict[str, str]:
             "python.version": platform.python_version()}
 
 
+def check_store(uri: str) -> None:
+    """Fail within seconds, naming ``uri``, when the tracking store cannot be used: an unreachable server (MLflow's
+    own client would retry for minutes), or a SQLite file that is not an intact MLflow store."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.exists():
+            return
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=PROBE_TIMEOUT_S) as db:
+                status = db.execute("PRAGMA quick_check").fetchone()[0]
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as err:
+            status, tables = str(err), {"?"}
+        if status == "ok" and tables and "experiments" not in tables:
+            status = "it holds no MLflow tables"
+        if status != "ok":
+            raise StoreError(f"{path} is not an intact MLflow SQLite store ({status}): move it aside to start a new "
+                             f"store; the checkpoints under {path.parent / 'runs'} are kept and resume")
+    elif uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            pass  # the server answered
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise StoreError(f"the tracking server {uri} cannot be reached within {PROBE_TIMEOUT_S} s ({reason}): "
+                             "start it, or check MLFLOW_TRACKING_URI") from None
+
+
+def lock_is_free(path: Path) -> bool:
+    """Whether the file lock ``path`` exists and no process holds it (its holder, if any, is gone)."""
+    if not path.exists():
+        return False
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return False
+    lock.release()
+    return True
+
+
 class Tracker:
     def __init__(self, results_dir: Path):
-        import mlflow  # noqa: F401  (fail here, clearly, if the tracking extra is missing)
         from mlflow.tracking import MlflowClient
 
         self.results_dir = Path(results_dir)
-        self.results_dir.mkdir(parents=True, exist_ok=True)
         self.uri = tracking_uri(self.results_dir)
+        check_store(self.uri)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.locks = self.results_dir / "locks"
         self.client = MlflowClient(tracking_uri=self.uri)
+        if self.uri.startswith("sqlite:"):
+            # A new SQLite store migrates its schema on first use: one process at a time, or they race.
+            with FileLock(self.results_dir / ".mlflow.db.lock"):
+                self.client.search_experiments(max_results=1)
+
+    def close_orphans(self) -> list[str]:
+        """Close as KILLED every RUNNING run whose owning invocation is gone (its lock file is free); their ids.
+
+        A process killed without a chance to clean up (SIGKILL, power loss) leaves its runs RUNNING."""
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        if not experiments:
+            return []
+        closed, owners = [], {}
+        for run in self.client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=5000):
+            owner = run.data.tags.get(TAG_OWNER)
+            if owner and owners.setdefault(owner, lock_is_free(self.invocation_lock(owner))):
+                self.finish(run.info.run_id, "KILLED")
+                closed.append(run.info.run_id)
+        for owner, dead in owners.items():
+            if dead:
+                self.invocation_lock(owner).unlink(missing_ok=True)
+        return closed
+
+    def invocation_lock(self, parent_id: str) -> Path:
+        return self.locks / f"invocation-{parent_id}.lock"
 
     def experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -75,10 +152,22 @@ class Tracker:
             location = (self.results_dir / "mlflow-artifacts" / name).resolve().as_uri()
         return self.client.create_experiment(name, artifact_location=location)
 
-    def start_parent(self, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
-        run = self.client.create_run(experiment_id, run_name=name, tags={**tags, TAG_KIND: "invocation"})
-        self.log_params(run.info.run_id, params)
-        return run.info.run_id
+    @contextmanager
+    def invocation(self, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]) -> Iterator[str]:
+        """The parent run of one invocation, open for the block, closed as ``running`` closes it. The process holds
+        the invocation's lock file meanwhile, so a later ``close_orphans`` can tell it is alive."""
+        run_id = self.client.create_run(experiment_id, run_name=name, tags={**tags, TAG_KIND: "invocation"}).info.run_id
+        self.locks.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.invocation_lock(run_id))
+        lock.acquire()
+        try:
+            self.set_tags(run_id, {TAG_OWNER: run_id, "suite.host": platform.node(), "suite.pid": str(os.getpid())})
+            with self.running(run_id):
+                self.log_params(run_id, params)
+                yield run_id
+        finally:
+            lock.release()
+            self.invocation_lock(run_id).unlink(missing_ok=True)
 
     def find(self, run_key: str, experiment_id: str | None = None, status: str | None = None):
         """The newest run with this key (in one experiment, or in any), optionally of one status; else None."""
@@ -114,10 +203,10 @@ class Tracker:
         previous = self.find(run_key, experiment_id)
         if previous is not None and previous.info.status != "FINISHED":
             self.client.update_run(previous.info.run_id, status="RUNNING")
-            self.client.set_tag(previous.info.run_id, "suite.resumed_by", parent_id)
+            self.set_tags(previous.info.run_id, {"suite.resumed_by": parent_id, TAG_OWNER: parent_id})
             return previous.info.run_id, True
         run = self.client.create_run(experiment_id, run_name=name, tags={
-            **tags, TAG_KIND: kind, TAG_KEY: run_key, PARENT_TAG: parent_id,
+            **tags, TAG_KIND: kind, TAG_KEY: run_key, PARENT_TAG: parent_id, TAG_OWNER: parent_id,
         })
         self.log_params(run.info.run_id, params)
         return run.info.run_id, False

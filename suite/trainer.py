@@ -7,7 +7,9 @@ of every optimiser (``train_step``), all on a per-epoch cosine schedule. After e
 evaluated; the best mean top-1 is kept.
 
 The loop knows no method, no MLflow and no manifest: progress goes out through the ``log`` callback, state
-into ``run_dir`` (a killed run resumes from its last epoch; a finished one is not run again).
+into ``run_dir`` as verified data-only checkpoints (``suite.checkpoints``). A killed run resumes from its last
+completed epoch; one stopped by SIGINT / SIGTERM finishes its current step and resumes exactly from there; a
+finished one is not run again.
 """
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from suite import interrupts
+from suite.checkpoints import CheckpointSeries
 from suite.methods.api import ParamGroup, Trainable
 from suite.recipe import Recipe
 
@@ -97,10 +101,23 @@ def _to(device: torch.device, batches: Iterable) -> Iterator:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def _save_atomically(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _rng_state() -> dict[str, Any]:
+    """Every global RNG the training step or the data pipeline may draw from, as checkpointable data."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @torch.no_grad()
@@ -145,6 +162,37 @@ def metric_names(bits: list[int], epoch_metrics: dict[int, tuple[float, float]],
     return out
 
 
+@dataclass
+class Progress:
+    """Where training stands: what a ``last`` checkpoint holds besides the model, optimiser and schedule states."""
+
+    epoch: int = 0  # the epoch to run next (or to finish, when ``step`` > 0)
+    step: int = 0  # steps of ``epoch`` already done (a stop between steps)
+    steps_done: int = 0  # in the whole run: orders the checkpoints
+    loss_sums: dict[int, float] = field(default_factory=dict)  # of ``epoch``'s steps done
+    rng: dict[str, Any] | None = None  # the global RNGs right after step ``step``
+    history: list[dict] = field(default_factory=list)
+    best_mean: float = 0.0
+    best_epoch: int = -1
+    best_final: dict[int, tuple[float, float]] = field(default_factory=dict)
+
+
+def _read_result(path: Path, warn: Callable[[str], None]) -> TrainResult | None:
+    """The finished run's result, or None; an unreadable file is named, moved aside and the run resumes."""
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        saved["final"] = {int(b): (float(v[0]), float(v[1])) for b, v in saved["final"].items()}
+        if not saved["final"]:
+            raise ValueError("no final metrics")
+        return TrainResult(**{**saved, "already_finished": True})
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        warn(f"warning: {path} cannot be read ({err}); moved aside as {path.name}.corrupt, the run resumes")
+        os.replace(path, path.with_name(path.name + ".corrupt"))
+        return None
+
+
 def fit(
     trainable: Trainable,
     train_loader: Iterable,
@@ -155,72 +203,85 @@ def fit(
     run_dir: Path,
     log: Callable[[dict, int], None] | None = None,
     progress: bool = True,
+    warn: Callable[[str], None] = print,
 ) -> TrainResult:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    done_file, last_file, best_file = run_dir / "result.json", run_dir / "last.pt", run_dir / "best.pt"
-    if done_file.exists():
-        saved = json.loads(done_file.read_text())
-        saved["final"] = {int(b): tuple(v) for b, v in saved["final"].items()}
-        return TrainResult(**{**saved, "already_finished": True})
+    done_file = run_dir / "result.json"
+    finished = _read_result(done_file, warn)
+    if finished is not None:
+        return finished
 
     device = resolve_device(recipe.device)
     model, bits = trainable.model.to(device), trainable.bits
     optimizers = make_optimizers(trainable.param_groups(recipe))
     schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=recipe.epochs, eta_min=0) for o in optimizers]
+    last, best = CheckpointSeries(run_dir, "last", keep=2, warn=warn), CheckpointSeries(run_dir, "best", keep=1, warn=warn)
 
-    start_epoch, best_mean, best_epoch, best_final, history, resumed_from = 0, 0.0, -1, {}, [], None
-    if last_file.exists():
-        state = torch.load(last_file, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        for o, s in zip(optimizers, state["optimizers"]):
+    state, resumed_from = Progress(), None
+    found = last.latest(map_location=device)
+    if found is not None:
+        saved = found[0]
+        model.load_state_dict(saved["model"])
+        for o, s in zip(optimizers, saved["optimizers"]):
             o.load_state_dict(s)
-        for sch, s in zip(schedulers, state["schedulers"]):
+        for sch, s in zip(schedulers, saved["schedulers"]):
             sch.load_state_dict(s)
-        start_epoch, history = state["epoch"] + 1, state["history"]
-        best_mean, best_epoch, best_final = state["best_mean"], state["best_epoch"], state["best_final"]
-        resumed_from = start_epoch
+        state = Progress(**saved["progress"])
+        resumed_from = state.epoch
     elif trainable.initialize is not None:
         _reseed(train_loader, seed * 100_003 - 1)
         trainable.initialize(model, _to(device, train_loader))
 
+    def checkpoint() -> None:
+        last.save({"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                   "schedulers": [s.state_dict() for s in schedulers], "progress": asdict(state)}, state.steps_done)
+
     forward = training_forward(model, recipe)
-    metrics = best_final
-    for epoch in range(start_epoch, recipe.epochs):
+    metrics = state.best_final
+    for epoch in range(state.epoch, recipe.epochs):
         # Re-seed per epoch so a resumed run sees the same batches, augmentation and sampling as an unbroken one.
         _reseed(train_loader, seed * 100_003 + epoch)
         if trainable.on_epoch_start is not None:
             trainable.on_epoch_start(epoch, recipe.epochs)
         model.train()
         # float64 sums on the device: the same values as summing loss.item() in Python, without a sync per step
-        loss_sums = {b: torch.zeros((), dtype=torch.float64, device=device) for b in bits}
-        steps = 0
-        batches = _to(device, _limited(train_loader, recipe.steps_per_epoch))
+        loss_sums = {b: torch.tensor(state.loss_sums.get(b, 0.0), dtype=torch.float64, device=device) for b in bits}
+        batches = _limited(train_loader, recipe.steps_per_epoch)
+        if state.step:  # resuming between two steps: fetch the batches done (the data RNGs replay them exactly),
+            for _ in range(state.step):  # then put back the RNGs as they were after the last step done
+                next(batches)
+            _set_rng_state(state.rng)
         total = recipe.steps_per_epoch or (len(train_loader) if hasattr(train_loader, "__len__") else None)
-        for x, y in tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False,
-                         disable=not progress):
-            for b, loss in train_step(trainable, forward, optimizers, x, y).items():
-                loss_sums[b] += loss
-            steps += 1
-        for sch in schedulers:
-            sch.step()
+        with interrupts.deferred():
+            for x, y in tqdm(_to(device, batches), total=total, initial=state.step, leave=False, disable=not progress,
+                             desc=f"epoch {epoch + 1}/{recipe.epochs}"):
+                for b, loss in train_step(trainable, forward, optimizers, x, y).items():
+                    loss_sums[b] += loss
+                state.step, state.steps_done = state.step + 1, state.steps_done + 1
+                if interrupts.requested() is not None:
+                    state.epoch, state.rng = epoch, _rng_state()
+                    state.loss_sums = {b: v.item() for b, v in loss_sums.items()}
+                    checkpoint()
+                    raise interrupts.Interrupted(interrupts.requested(), f"in epoch {epoch + 1} after step {state.step}")
+            for sch in schedulers:
+                sch.step()
 
-        metrics = evaluate(model, bits, val_loader, device)
-        row = metric_names(bits, metrics, {b: loss_sums[b].item() / max(steps, 1) for b in bits})
-        history.append({"epoch": epoch, **row})
-        if row["val_top1_mean"] > best_mean:  # strictly greater, starting from 0 (the release's rule)
-            best_mean, best_epoch, best_final = row["val_top1_mean"], epoch, metrics
-            _save_atomically({"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, best_file)
-        _save_atomically({
-            "model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
-            "schedulers": [s.state_dict() for s in schedulers], "epoch": epoch, "history": history,
-            "best_mean": best_mean, "best_epoch": best_epoch, "best_final": best_final,
-        }, last_file)
-        if log is not None:  # after the checkpoint: a logged epoch is never trained twice
-            log({**row, "best_val_top1_mean": best_mean}, epoch)
+            metrics = evaluate(model, bits, val_loader, device)
+            row = metric_names(bits, metrics, {b: loss_sums[b].item() / max(state.step, 1) for b in bits})
+            state.history.append({"epoch": epoch, **row})
+            if row["val_top1_mean"] > state.best_mean:  # strictly greater, starting from 0 (the release's rule)
+                state.best_mean, state.best_epoch, state.best_final = row["val_top1_mean"], epoch, metrics
+                best.save({"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, state.steps_done)
+            state.epoch, state.step, state.loss_sums, state.rng = epoch + 1, 0, {}, None
+            checkpoint()
+            if log is not None:  # after the checkpoint: a logged epoch is never trained twice
+                log({**row, "best_val_top1_mean": state.best_mean}, epoch)
+        if interrupts.requested() is not None:
+            raise interrupts.Interrupted(interrupts.requested(), f"after epoch {epoch + 1}")
 
     # A run that never beat 0 % has no best epoch: report its last evaluation instead of nothing.
-    result = TrainResult(best_epoch, best_mean, best_final or metrics, history, resumed_from)
+    result = TrainResult(state.best_epoch, state.best_mean, state.best_final or metrics, state.history, resumed_from)
     tmp = done_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(result), indent=1))
     os.replace(tmp, done_file)

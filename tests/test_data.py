@@ -147,7 +147,7 @@ def test_root_from_environment(tmp_path, monkeypatch):
 
 
 def test_cifar_rejects_other_image_sizes_and_unchecked_download(cifar100_root):
-    with pytest.raises(ValueError, match="image_size must be 32"):
+    with pytest.raises(ValueError, match="image_size: must be 32"):
         build_data(DataConfig(dataset="cifar100", root=str(cifar100_root), image_size=16), 4, 0)
     with pytest.raises(ValueError, match="verify_integrity"):
         build_data(DataConfig(dataset="cifar100", root=str(cifar100_root), download=True, verify_integrity=False), 4, 0)
@@ -227,9 +227,9 @@ def test_digits_limits():
     assert len(data.train) == 3 and "train_limit 100 of 1347" in data.description
     again = build_data(cfg, batch_size=32, seed=5)
     assert data.train.dataset.indices == again.train.dataset.indices  # same subset for every run seed
-    with pytest.raises(ValueError, match="train_limit=2000.*1347"):
+    with pytest.raises(ValueError, match="train_limit: must be .*<= 1347, got 2000"):
         build_data(DataConfig(dataset="digits", train_limit=2000), batch_size=32, seed=0)
-    with pytest.raises(ValueError, match="val_limit=451.*450"):
+    with pytest.raises(ValueError, match="val_limit: must be .*<= 450, got 451"):
         build_data(DataConfig(dataset="digits", val_limit=451), batch_size=32, seed=0)
     with pytest.raises(ValueError, match="batch_size 64"):
         build_data(DataConfig(dataset="digits", train_limit=10), batch_size=64, seed=0)

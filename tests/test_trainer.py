@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from suite.checkpoints import CheckpointSeries
 from suite.data import DataConfig, build_data
 from suite.methods import mbquant
 from suite.losses import inplace_distillation, labels_only, recursive_distillation, soft_cross_entropy
@@ -76,7 +77,7 @@ def test_killed_run_resumes_to_the_same_result_and_finished_run_is_not_rerun(tmp
     with pytest.raises(Killed):
         fit(tiny_trainable(), data.train, data.val, TINY, seed=0, run_dir=tmp_path / "b", progress=False,
             log=kill_after_first_epoch)
-    assert (tmp_path / "b" / "last.pt").exists() and not (tmp_path / "b" / "result.json").exists()
+    assert list((tmp_path / "b").glob("last-*.pt")) and not (tmp_path / "b" / "result.json").exists()
     resumed = fit(tiny_trainable(), data.train, data.val, TINY, seed=0, run_dir=tmp_path / "b", progress=False)
     assert resumed.resumed_from == 1
     assert [h["train_loss_mean"] for h in resumed.history] == [h["train_loss_mean"] for h in straight.history]
@@ -123,5 +124,5 @@ def test_compiled_training_forward_gives_the_eager_run(tmp_path, monkeypatch):
     graph = fit(trainable, data.train, data.val, on, seed=0, run_dir=tmp_path / "compiled", progress=False)
     assert compiled == [trainable.model]
     assert graph.history == eager.history and graph.final == eager.final
-    keys = torch.load(tmp_path / "compiled" / "best.pt", weights_only=False)["model"].keys()
-    assert keys == trainable.model.state_dict().keys()
+    saved, _ = CheckpointSeries(tmp_path / "compiled", "best").latest()
+    assert saved["model"].keys() == trainable.model.state_dict().keys()

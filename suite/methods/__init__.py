@@ -57,6 +57,12 @@ def load_entry_points() -> None:
                 from None
 
 
+def build_trainable(name: str, arch: str, num_classes: int, bits: list[int], options: dict) -> Trainable:
+    """Method ``name`` on model ``arch`` with its options given as a plain mapping (a manifest's)."""
+    spec = method(name)
+    return spec.build(arch, num_classes, bits, spec.Options(**options))
+
+
 def method(name: str) -> Method:
     """The registered method ``name``; a ValueError naming the known ones otherwise."""
     load_entry_points()
@@ -65,5 +71,5 @@ def method(name: str) -> Method:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "Method", "ParamGroup", "PluginError", "Trainable", "load_entry_points", "load_plugin",
-           "method", "register"]
+__all__ = ["METHODS", "Method", "ParamGroup", "PluginError", "Trainable", "build_trainable", "load_entry_points",
+           "load_plugin", "method", "register"]

@@ -13,6 +13,7 @@ from torch import nn
 from suite.costs import stored_bits
 from suite.layers.base import FP_BITS
 from suite.losses import LossFn
+from suite.models import SINGLE_BRANCH
 from suite.recipe import Recipe
 
 
@@ -65,7 +66,7 @@ class Method:
     ``Options`` is a dataclass of its ``method.options`` (``__pydantic_config__ = {"extra": "forbid"}`` makes
     an unknown option an error); ``build(arch, num_classes, bits, options) -> Trainable``;
     ``check_bits(bits, options)`` raises ValueError for a bit list it cannot serve; ``storage_bits(model)`` gives
-    stored bits by component (``suite.costs.COMPONENTS``).
+    stored bits by component (``suite.costs.COMPONENTS``); ``archs`` the ``model.arch`` values it builds.
     """
 
     name: str
@@ -74,3 +75,4 @@ class Method:
     check_bits: Callable[[list[int], Any], None] = _any_bits
     storage_bits: Callable[[nn.Module], dict[str, int]] = fp32_weight_storage
     description: str = ""
+    archs: tuple[str, ...] = tuple(SINGLE_BRANCH)

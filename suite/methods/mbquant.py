@@ -18,7 +18,7 @@ from suite.layers.multibranch import BOUND_NAMES
 from suite.losses import inplace_distillation, labels_only
 from suite.methods.api import Method, Trainable
 from suite.methods.common import calibrate, parameters_named, sgd_and_adam
-from suite.models import create_model
+from suite.models import MULTI_BRANCH, create_model
 
 LOSSES = {"inplace": inplace_distillation, "none": labels_only}
 
@@ -74,4 +74,5 @@ def build(arch: str, num_classes: int, bits: list[int], options: Options) -> Tra
 
 
 METHOD = Method("mbquant", Options, build, check_bits, storage_bits,
-                "multi-branch 2-bit weights, amortized branch selection, in-place distillation")
+                "multi-branch 2-bit weights, amortized branch selection, in-place distillation",
+                archs=tuple(name.removeprefix("mbquant_") for name in MULTI_BRANCH))

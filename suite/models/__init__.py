@@ -10,18 +10,23 @@ from suite.models.mbquant_resnet_imagenet import mbquant_resnet18, mbquant_resne
 from suite.models.mobilenet import mobilenetv1
 from suite.models.resnet import resnet8, resnet18, resnet20, resnet34
 
-MODELS = {
-    "resnet20": resnet20,  # single-branch, body layers from the method's conv/norm factories
+# Single-branch models: body layers from a method's conv / norm factories (the baselines').
+SINGLE_BRANCH = {
+    "resnet20": resnet20,
     "resnet8": resnet8,
     "resnet18": resnet18,  # ImageNet, torchvision topology
     "resnet34": resnet34,
     "mobilenetv1": mobilenetv1,
+}
+# MBQuant's multi-branch networks, ``mbquant_<arch>`` for each architecture they exist for.
+MULTI_BRANCH = {
     "mbquant_resnet20": mbquant_resnet20,
     "mbquant_resnet8": mbquant_resnet8,
     "mbquant_resnet18": mbquant_resnet18,  # ImageNet (imagenet-models.md)
     "mbquant_resnet34": mbquant_resnet34,
     "mbquant_mobilenetv1": mbquant_mobilenetv1,
 }
+MODELS = SINGLE_BRANCH | MULTI_BRANCH
 
 
 def create_model(name: str, **kwargs):

@@ -1,0 +1,53 @@
+"""Every malformed manifest or --set value of the corpus (tests/malformed/corpus.yaml) is refused before anything
+is opened: exit code 2, one message naming the file and the field, no traceback, nothing written."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+import suite.runner
+from helpers import EXPERIMENTS
+from suite.cli import main
+
+BASE = EXPERIMENTS / "table3_cifar100_resnet20_2468.yaml"
+CASES = yaml.safe_load((Path(__file__).parent / "malformed" / "corpus.yaml").read_text())
+
+
+def test_the_corpus_is_large_and_every_case_says_what_it_expects():
+    assert len(CASES) >= 60
+    assert len({c["name"] for c in CASES}) == len(CASES)
+    assert all("field" in c or "expect" in c for c in CASES)
+
+
+class ReachedTheStore(AssertionError):
+    pass
+
+
+def no_store(*args, **kwargs):
+    raise ReachedTheStore("validation let this input through to the tracking store")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_malformed_input_is_refused_before_anything_is_opened(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(suite.runner, "Tracker", no_store)
+    manifest = BASE
+    if "text" in case or "replace" in case:
+        text = BASE.read_text()
+        for old, new in case.get("replace", []):
+            assert old in text, f"the corpus edit {old!r} no longer matches {BASE.name}"
+            text = text.replace(old, new, 1)
+        manifest = tmp_path / "manifest.yaml"
+        manifest.write_bytes(case["text"].encode("latin-1") if "text" in case else text.encode())
+    results = tmp_path / "results"
+    argv = ["run", str(manifest), "--profile", case.get("profile", "smoke"), "--results", str(results),
+            "--no-progress", *[f"--set={s}" for s in case.get("set", [])]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    if case.get("file", True):
+        assert str(manifest) in err
+    if "field" in case:
+        assert f"`{case['field']}" in err or f"{case['field']}:" in err, err
+    if "expect" in case:
+        assert case["expect"] in err, err
+    assert not results.exists()
