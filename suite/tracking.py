@@ -116,11 +116,13 @@ class Tracker:
         check_store(self.uri)
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.locks = self.results_dir / "locks"
-        self.client = MlflowClient(tracking_uri=self.uri)
         if self.uri.startswith("sqlite:"):
             # A new SQLite store migrates its schema on first use: one process at a time, or they race.
             with FileLock(self.results_dir / ".mlflow.db.lock"):
+                self.client = MlflowClient(tracking_uri=self.uri)
                 self.client.search_experiments(max_results=1)
+        else:
+            self.client = MlflowClient(tracking_uri=self.uri)
 
     def close_orphans(self) -> list[str]:
         """Close as KILLED every RUNNING run whose owning invocation is gone (its lock file is free); their ids.

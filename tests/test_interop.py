@@ -308,3 +308,32 @@ def test_arbitrary_pickles_need_trust(tmp_path):
     with pytest.raises(InteropError, match="trusted=True"):
         load_release_checkpoint(path)
     assert load_release_checkpoint(path, trusted=True).bits == [2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "the file is empty"),
+    (b"a text file, not a checkpoint\n", "is not a readable PyTorch checkpoint"),
+    ("truncated", "is not a readable PyTorch checkpoint, or is truncated"),
+])
+def test_unreadable_checkpoint_files_get_one_clear_error(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.pth.tar"
+    if content == "truncated":
+        torch.save(release_checkpoint("2468"), path)
+        content = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(content)
+    assert main(["import-checkpoint", str(path), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: {message}") and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_checkpoint_is_refused_for_a_setting_it_does_not_serve():
+    """Both settings store the same keys and shapes; what differs is which bit-widths were ever calibrated."""
+    for trained, asked, never_calibrated, first_missing in (("2468", "234", {3, 5, 7}, 3), ("234", "2468", {5, 6, 7, 8}, 6)):
+        state = spec_state_dict(trained)
+        for key in [k for k in state if ".uA." in k or ".lA." in k]:
+            for b in never_calibrated:
+                state[key][b - 2] = 0
+        with pytest.raises(CheckpointMismatch, match=rf"does not serve setting {asked}.*conv1\.uA\.0\[{first_missing - 2}\]"):
+            load_release_checkpoint(state, setting=asked)
+        assert load_release_checkpoint(state, setting=trained).bits == SETTINGS[trained]
