@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         for module in getattr(args, "plugin", []):
             load_plugin(module)
         return args.func(args)
-    except (ManifestError, DatasetNotFound, DataError, InteropError, PluginError, StoreError, CheckpointError) as err:
+    except (ManifestError, DatasetNotFound, DataError, InteropError, PluginError, StoreError, CheckpointError,
+            OSError) as err:  # OSError: a path given that cannot be used (a file where a folder belongs, ...)
         print(f"error: {err}", file=sys.stderr)
         return 2
     except interrupts.Interrupted as err:
