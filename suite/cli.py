@@ -20,7 +20,7 @@ def cmd_run(args) -> int:
     from suite.manifest import load_manifest, parse_set_options
     from suite.runner import run_manifest
 
-    loaded = load_manifest(args.manifest, args.profile, parse_set_options(args.set))
+    loaded = load_manifest(args.manifest, args.profile, parse_set_options(args.set)).subset(args.arm, args.seed)
     run_manifest(loaded, args.results, progress=not args.no_progress)
     return 0
 
@@ -81,6 +81,12 @@ def cmd_import_checkpoint(args) -> int:
     return 0
 
 
+def torch_distributed_initialized() -> bool:
+    """Whether this process joined a torchrun process group (without importing torch when it did not)."""
+    module = sys.modules.get("torch.distributed")
+    return bool(module and module.is_available() and module.is_initialized())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="suite", description="MBQuant reproducibility suite")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile", default="paper", help="named profile of the manifest (default: paper)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a manifest field, e.g. --set recipe.epochs=3 (repeatable)")
+    run.add_argument("--arm", action="append", default=None, metavar="NAME", help="run only this arm (repeatable)")
+    run.add_argument("--seed", action="append", default=None, type=int, metavar="K",
+                     help="run only this seed (repeatable)")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="list the shipped experiment manifests")
@@ -161,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         interrupts.reset()
+        if torch_distributed_initialized():
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

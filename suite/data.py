@@ -22,14 +22,18 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from suite.fields import FieldError, check_number
 
-# mbquant.md §7: the release normalises with these CIFAR-100 statistics; we use them for CIFAR-10 as well, so
-# both CIFAR settings share one preprocessing (the release only ships a CIFAR-100 recipe).
-CIFAR_MEAN = tuple(v / 255 for v in (129.3, 124.1, 112.4))
-CIFAR_STD = tuple(v / 255 for v in (68.2, 65.4, 70.4))
+# The release's normalisation (main_cifar.py): each CIFAR set with its own statistics.
+CIFAR_STATS = {
+    "cifar100": (tuple(v / 255 for v in (129.3, 124.1, 112.4)), tuple(v / 255 for v in (68.2, 65.4, 70.4))),
+    "cifar10": (tuple(v / 255 for v in (125.3, 123.0, 113.9)), tuple(v / 255 for v in (63.0, 62.1, 66.7))),
+}
+# Changes to the data pipeline after runs were stored: part of a run's identity, so such runs train anew.
+# 2: batches drawn by ``EpochSampler`` (one process or many: the same order); CIFAR-10 with its own statistics.
+PIPELINE_VERSION = 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_FOLDER = "imagenet"  # <root>/imagenet/train/<wnid>/*.JPEG and <root>/imagenet/val/<wnid>/*.JPEG
@@ -39,6 +43,7 @@ DIGITS_SPLIT_SEED = 0  # digits train/test split: the same split for every run s
 DIGITS_TEST_FRACTION = 0.25
 
 
+LOADER_ONLY = ("pin_memory", "persistent_workers", "prefetch_factor")  # fields that change speed, never results
 # Images per split of the datasets whose size is fixed: what limits and batch sizes are checked against.
 SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "digits": (1_347, 450)}
 
@@ -57,7 +62,13 @@ class DataConfig:
                                      # imagenet: crop side (published: 224; val resizes to round(size*256/224))
     train_limit: int | None = None   # fixed, seeded subset of this many training images (smoke runs)
     val_limit: int | None = None     # same for the validation/test set
-    workers: int = 0                 # DataLoader workers
+    workers: int = 0                 # DataLoader workers (their augmentation RNG streams differ from the main
+                                     # process's, so this is part of a run's identity)
+    # Speed only, never results (not part of a run's identity): pinned host memory for GPU copies, workers kept
+    # alive across epochs, batches each worker prepares ahead.
+    pin_memory: bool = False
+    persistent_workers: bool = True
+    prefetch_factor: int = 2
 
     def __post_init__(self):
         low = {"cifar10": 32, "cifar100": 32, "digits": 8, "imagenet": 16}.get(self.dataset, 8)
@@ -67,6 +78,7 @@ class DataConfig:
         check_number(self, "train_limit", 1, train, integer=True)
         check_number(self, "val_limit", 1, val, integer=True)
         check_number(self, "workers", 0, 256, integer=True)
+        check_number(self, "prefetch_factor", 1, 64, integer=True)
         if self.download and self.dataset == "imagenet":
             raise FieldError("download", "imagenet cannot be downloaded (it needs a registered account): "
                                          "extract it under data.root instead")
@@ -82,11 +94,31 @@ class DataConfig:
 
 @dataclass
 class Data:
-    train: DataLoader   # shuffled with a seeded torch.Generator, drop_last=True
-    val: DataLoader     # not shuffled, drop_last=False
+    train: DataLoader   # shuffled with a seeded torch.Generator, drop_last=True (this rank's share under DDP)
+    val: DataLoader     # not shuffled, drop_last=False (this rank's share under DDP: every image exactly once)
     num_classes: int
     image_size: int
     description: str    # one human line: source, size, split
+    calibration: DataLoader | None = None  # under DDP: the unsharded training batches (what one process sees)
+
+
+class EpochSampler(Sampler[int]):
+    """This process's share of a permutation drawn afresh from ``seed`` (which the trainer sets every epoch).
+
+    With ``world_size`` processes, process ``rank`` takes every ``world_size``-th index from ``rank`` on, so the
+    i-th batches of all processes together hold exactly the i-th batch of one process: a run sees the same
+    images in the same steps whatever the number of processes.
+    """
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed))
+        return iter(order[self.rank:self.size - self.size % self.world_size:self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.size // self.world_size
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -97,7 +129,11 @@ class DataError(ValueError):
     """The data on disk does not fit the configuration (a limit or batch larger than a split read from disk)."""
 
 
-def build_data(cfg: DataConfig, batch_size: int, seed: int, eval_batch_size: int | None = None) -> Data:
+def build_data(cfg: DataConfig, batch_size: int, seed: int, eval_batch_size: int | None = None, *,
+               rank: int = 0, world_size: int = 1) -> Data:
+    """Seeded loaders for ``cfg``. ``batch_size`` is the global batch; with ``world_size`` > 1 (torchrun) this rank
+    gets ``batch_size / world_size`` of each batch (``EpochSampler``), and every ``world_size``-th validation
+    image starting at ``rank`` (no padding, so no image counts twice)."""
     if cfg.dataset in ("cifar10", "cifar100"):
         train, val, num_classes, description = _cifar(cfg)
     elif cfg.dataset == "digits":
@@ -114,18 +150,26 @@ def build_data(cfg: DataConfig, batch_size: int, seed: int, eval_batch_size: int
     # drop_last with fewer images than one batch would give an epoch with no steps: say so instead.
     if len(train) < batch_size:
         raise DataError(f"only {len(train)} training images for batch_size {batch_size}: "
-                         "every batch would be dropped (raise data.train_limit or lower the batch size)")
+                        "every batch would be dropped (raise data.train_limit or lower the batch size)")
+    if batch_size % world_size:
+        raise DataError(f"batch_size {batch_size} (the global batch) does not divide into {world_size} processes")
 
-    loader = dict(num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
-    return Data(
-        # The trainer re-seeds this generator every epoch; it also seeds the workers' augmentation RNG.
-        train=DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True,
-                         generator=torch.Generator().manual_seed(seed), **loader),
-        val=DataLoader(val, batch_size=eval_batch_size or batch_size, shuffle=False, drop_last=False, **loader),
-        num_classes=num_classes,
-        image_size=cfg.image_size,
-        description=description,
-    )
+    loader = dict(num_workers=cfg.workers, pin_memory=cfg.pin_memory)
+    if cfg.workers:
+        loader |= dict(persistent_workers=cfg.persistent_workers, prefetch_factor=cfg.prefetch_factor)
+
+    def shuffled(rank: int, world: int) -> DataLoader:
+        # The trainer re-seeds the sampler and the generator (the workers' RNG) every epoch.
+        return DataLoader(train, batch_size=batch_size // world, sampler=EpochSampler(len(train), seed, rank, world),
+                          drop_last=True, generator=torch.Generator().manual_seed(seed), **loader)
+
+    train_loader, calibration = shuffled(rank, world_size), None
+    if world_size > 1:
+        calibration = shuffled(0, 1)
+        val = Subset(val, range(rank, len(val), world_size))
+    return Data(train=train_loader, calibration=calibration,
+                val=DataLoader(val, batch_size=eval_batch_size or batch_size, shuffle=False, drop_last=False, **loader),
+                num_classes=num_classes, image_size=cfg.image_size, description=description)
 
 
 def _root(cfg: DataConfig) -> str:
@@ -179,7 +223,7 @@ def _cifar(cfg: DataConfig):
                 f"archive. Re-download it (data.download: true), or, for deliberately re-packed data, set "
                 f"`data.verify_integrity: false` to accept it without the check.")
 
-    normalize = transforms.Normalize(CIFAR_MEAN, CIFAR_STD)
+    normalize = transforms.Normalize(*CIFAR_STATS[cfg.dataset])
     train_tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                    transforms.ToTensor(), normalize])
     val_tf = transforms.Compose([transforms.ToTensor(), normalize])
@@ -188,7 +232,7 @@ def _cifar(cfg: DataConfig):
     val = _load_without_md5(official, root, train=False, transform=val_tf)
     checked = "md5-verified" if cfg.verify_integrity else "integrity check SKIPPED (data.verify_integrity: false)"
     description = (f"{cfg.dataset} (torchvision {name} from {folder}, {checked}; {len(train)} train / {len(val)} test; "
-                   f"RandomCrop 32 pad 4 + flip, CIFAR-100 normalisation)")
+                   f"RandomCrop 32 pad 4 + flip, {name} normalisation)")
     return train, val, (100 if cfg.dataset == "cifar100" else 10), description
 
 

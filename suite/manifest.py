@@ -21,10 +21,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError, field_validator, \
     model_validator
 
-from suite.data import DataConfig
+from suite.data import LOADER_ONLY, PIPELINE_VERSION, DataConfig
 from suite.fields import FieldError, check_distinct
 from suite.methods import method as registered_method
-from suite.recipe import Recipe
+from suite.recipe import ADDED_LATER, Recipe
 
 MAX_SEED = 2**31 - 1
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
@@ -254,10 +254,12 @@ class ResolvedArm(BaseModel):
 
     @property
     def run_spec(self) -> dict:
-        """What determines a run's result besides its seed (not which manifest or arm asks for it)."""
+        """What determines a run's result besides its seed (not which manifest or arm asks for it, nor settings that
+        only change speed; fields added later count only where they differ from the earlier behaviour)."""
         c = self.config
-        spec = {"data": asdict(c.data), "model": c.model.model_dump(), "method": c.method.model_dump(),
-                "recipe": asdict(c.recipe)}
+        data = {k: v for k, v in asdict(c.data).items() if k not in LOADER_ONLY} | {"pipeline": PIPELINE_VERSION}
+        recipe = {k: v for k, v in asdict(c.recipe).items() if ADDED_LATER.get(k, object()) != v}
+        spec = {"data": data, "model": c.model.model_dump(), "method": c.method.model_dump(), "recipe": recipe}
         return spec | ({"checkpoint": c.checkpoint.model_dump()} if c.checkpoint else {})
 
     def run_key(self, seed: int) -> str:
@@ -272,11 +274,27 @@ class LoadedManifest(BaseModel):
     manifest: Manifest  # profile and --set applied, arms not yet
     arms: list[ResolvedArm]
     command: str = ""  # the command that reproduces this invocation
+    jobs: list[tuple[str, int]] = []  # every (arm, seed) the manifest plans, also when a subset is run
 
     def model_post_init(self, _context) -> None:
+        if not self.jobs:
+            seeds = self.manifest.seeds if self.manifest.task == "train" else [0]
+            self.jobs = [(arm.name, seed) for arm in self.arms for seed in seeds]
         if not self.command:
             sets = "".join(f" --set {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in self.overrides.items())
             self.command = f"python -m suite run {shlex.quote(str(self.path))} --profile {self.profile}{sets}"
+
+    def subset(self, arms: list[str] | None = None, seeds: list[int] | None = None) -> "LoadedManifest":
+        """Only the named arms and seeds (each must be the manifest's); the planned jobs stay the manifest's."""
+        for asked, known, what in ((arms, [a.name for a in self.arms], "arm"), (seeds, self.manifest.seeds, "seed")):
+            unknown = [a for a in asked or [] if a not in known]
+            if unknown:
+                raise ManifestError(f"{self.path}: no {what} {', '.join(map(repr, unknown))} in profile "
+                                    f"`{self.profile}` (known: {', '.join(map(str, known))})")
+        manifest = self.manifest.model_copy(update={"seeds": seeds or self.manifest.seeds})
+        kept = [a for a in self.arms if not arms or a.name in arms]
+        chosen = "".join(f" --arm {shlex.quote(a)}" for a in arms or []) + "".join(f" --seed {k}" for k in seeds or [])
+        return self.model_copy(update={"manifest": manifest, "arms": kept, "command": self.command + chosen})
 
     @property
     def hash(self) -> str:

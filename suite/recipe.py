@@ -10,6 +10,9 @@ import torch
 from suite.fields import FieldError, check_number
 
 MAX_EPOCHS = 10_000
+# Fields added after the first release of the suite, with the value that means "as before": at that value they
+# stay out of a run's identity, so runs stored earlier keep theirs.
+ADDED_LATER = {"sync_bn": False}
 MAX_BATCH = 1 << 16
 
 
@@ -31,6 +34,9 @@ class Recipe:
     # torch.compile the training forward: one compilation per bit-width (minutes), then a faster joint step;
     # evaluation stays eager. A model that changes its layers' bit-widths at random recompiles per draw.
     compile: bool = False
+    # Under torchrun: BatchNorm statistics over the global batch instead of each process's share (the release's
+    # SyncBN on ImageNet). No effect in one process.
+    sync_bn: bool = False
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_batch_size", "steps_per_epoch"):

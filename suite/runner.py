@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -21,6 +21,7 @@ from filelock import FileLock, Timeout
 from suite.checkpoints import CheckpointSeries, sha256_file
 from suite.costs import measure_cost
 from suite.data import build_data, num_classes
+from suite.distributed import SINGLE, Distributed, from_environment
 from suite.interop import format_results, load_release_checkpoint, mapping_table, setting_of
 from suite.manifest import LoadedManifest, Manifest, ManifestError, ResolvedArm, flatten
 from suite.methods import Trainable, build_trainable, method as registered_method
@@ -60,16 +61,18 @@ def manifest_tags(loaded: LoadedManifest) -> dict[str, str]:
 
 @dataclass
 class Invocation:
-    """One ``run`` of a manifest: where its runs go and how it reports."""
+    """One ``run`` of a manifest: where its runs go and how it reports. Under torchrun, only rank 0 has a tracker;
+    the other ranks follow its decisions (``dist.from_main``) and train with it."""
 
     loaded: LoadedManifest
-    tracker: Tracker
-    experiment: str
-    parent: str
-    tags: dict[str, str]
     results_dir: Path
     progress: bool
     echo: Callable[[str], None]
+    dist: Distributed = SINGLE
+    tracker: Tracker | None = None
+    experiment: str = ""
+    parent: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
 
     def arm_tags(self, arm: ResolvedArm, seed: int) -> dict[str, str]:
         cfg = arm.config
@@ -83,17 +86,20 @@ class Invocation:
         return self.results_dir / "runs" / f"{cfg.model.arch}-{cfg.method.name}" / f"{arm.run_key(seed)}-seed{seed}"
 
 
-def preflight(loaded: LoadedManifest) -> dict:
+def preflight(loaded: LoadedManifest, dist: Distributed = SINGLE) -> dict:
     """Everything that can be checked without the tracking store, so that a missing device, dataset or checkpoint
     fails before any run is opened or any file written. Returns the checkpoints an ``evaluate`` task reads."""
     m = loaded.manifest
     for arm in loaded.arms:
-        device = arm.config.recipe.device
-        if device != "auto" and torch.device(device).type == "cuda":
-            index, count = torch.device(device).index or 0, torch.cuda.device_count() if torch.cuda.is_available() else 0
+        recipe = arm.config.recipe
+        if recipe.device != "auto" and torch.device(recipe.device).type == "cuda":
+            index, count = torch.device(recipe.device).index or 0, torch.cuda.device_count() if torch.cuda.is_available() else 0
             if index >= count:
-                raise ManifestError(f"{loaded.path}: field `recipe.device`: {device} is not present on this machine "
-                                    f"({count} CUDA device(s)); use auto or cpu")
+                raise ManifestError(f"{loaded.path}: field `recipe.device`: {recipe.device} is not present on this "
+                                    f"machine ({count} CUDA device(s)); use auto or cpu")
+        if recipe.batch_size % dist.world_size:
+            raise ManifestError(f"{loaded.path}: field `recipe.batch_size`: the global batch {recipe.batch_size} does "
+                                f"not divide into {dist.world_size} processes (arm {arm.name})")
     checkpoints = {arm.name: _read_checkpoint(arm) for arm in loaded.arms} if m.task == "evaluate" else {}
     if m.task != "costs":
         for data_cfg in {yaml.safe_dump(asdict(a.config.data)): a.config.data for a in loaded.arms}.values():
@@ -103,22 +109,33 @@ def preflight(loaded: LoadedManifest) -> dict:
 
 def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = True,
                  echo: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run every (arm, seed) not already finished; returns one row per (arm, seed, bit-width)."""
+    """Run every (arm, seed) not already finished; returns one row per (arm, seed, bit-width).
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this: training runs are shared by all of them, the
+    other tasks run on rank 0 alone.
+    """
     m = loaded.manifest
-    checkpoints = preflight(loaded)
+    dist = from_environment(resolve_device(m.recipe.device))
+    checkpoints = preflight(loaded, dist)
+    if not dist.main:
+        inv = Invocation(loaded, Path(results_dir), progress, echo, dist)
+        for arm in loaded.arms if m.task == "train" else []:
+            for seed in m.seeds:
+                _train_run(inv, arm, seed)
+        return pd.DataFrame()
     tracker = Tracker(results_dir)
     for run_id in tracker.close_orphans():
         echo(f"closed run {run_id} as KILLED: the process running it is gone")
     experiment = tracker.experiment_id(m.experiment_name)
-    tags = manifest_tags(loaded)
-    jobs = [[arm.name, seed] for arm in loaded.arms for seed in (m.seeds if m.task == "train" else [0])]
+    tags = manifest_tags(loaded) | {"suite.world_size": str(dist.world_size)}
     params = flatten(m.model_dump(mode="json", exclude={"profiles", "arms"}))
     rows: list[dict] = []
-    with tracker.invocation(experiment, f"{m.name} [{loaded.profile}]", tags | {"suite.jobs": json.dumps(jobs)},
-                            params) as parent:
-        inv = Invocation(loaded, tracker, experiment, parent, tags, Path(results_dir), progress, echo)
+    with tracker.invocation(experiment, f"{m.name} [{loaded.profile}]",
+                            tags | {"suite.jobs": json.dumps(loaded.jobs)}, params) as parent:
+        inv = Invocation(loaded, Path(results_dir), progress, echo, dist, tracker, experiment, parent, tags)
         runs = f"{len(loaded.arms)} arm(s)" + (f" x {len(m.seeds)} seed(s)" if m.task == "train" else "")
-        echo(f"{m.name} ({m.paper.ref}, profile {loaded.profile}): {runs}; MLflow {tracker.uri}")
+        where = f" on {dist.world_size} processes" if dist.active else ""
+        echo(f"{m.name} ({m.paper.ref}, profile {loaded.profile}): {runs}{where}; MLflow {tracker.uri}")
         with tracker.artifact_dir(parent) as tmp:
             (tmp / f"{m.name}.{loaded.profile}.resolved.yaml").write_text(loaded.resolved_yaml())
         for arm in loaded.arms:
@@ -155,13 +172,31 @@ def exclusive(path: Path) -> Iterator[bool]:
 
 
 def _train_run(inv: Invocation, arm: ResolvedArm, seed: int) -> list[dict]:
-    """One (arm, seed) under its run directory's lock: a second process on the same run skips it."""
+    """One (arm, seed) under its run directory's lock: a second process on the same run skips it. Under torchrun
+    rank 0 decides whether it trains, and the other ranks join it."""
     run_dir = inv.run_dir(arm, seed)
+    if not inv.dist.main:
+        if inv.dist.from_main(None):
+            _fit(inv, arm, seed, run_dir)
+        return []
     with exclusive(run_dir / "run.lock") as mine:
         if mine:
             return _train_locked(inv, arm, seed, run_dir)
+    inv.dist.from_main(False)
     inv.echo(f"  {arm.name} seed {seed}: being trained by another process ({run_dir / 'run.lock'}), skipped here")
     return _final_rows(arm, seed, {})
+
+
+def _fit(inv: Invocation, arm: ResolvedArm, seed: int, run_dir: Path, log=None):
+    """What every rank runs for one training run: its share of the data, the method, the trainer."""
+    cfg = arm.config
+    seed_everything(seed)
+    data = build_data(cfg.data, cfg.recipe.batch_size, seed, cfg.recipe.eval_batch_size, rank=inv.dist.rank,
+                      world_size=inv.dist.world_size)
+    trainable = configured_trainable(cfg, data.num_classes)
+    result = fit(trainable, data.train, data.val, cfg.recipe, seed=seed, run_dir=run_dir, log=log, warn=inv.echo,
+                 progress=inv.progress, dist=inv.dist, calibration_loader=data.calibration)
+    return result, trainable, data
 
 
 def _train_locked(inv: Invocation, arm: ResolvedArm, seed: int, run_dir: Path) -> list[dict]:
@@ -169,6 +204,7 @@ def _train_locked(inv: Invocation, arm: ResolvedArm, seed: int, run_dir: Path) -
     tracker, echo = inv.tracker, inv.echo
     # An identical configuration that finished here or in another manifest is not trained again.
     previous = tracker.find(key, inv.experiment, status="FINISHED") or tracker.find(key, status="FINISHED")
+    inv.dist.from_main(previous is None)
     if previous is not None:
         record, metrics = previous.info.run_id, previous.data.metrics
         if previous.info.experiment_id == inv.experiment:
@@ -184,19 +220,21 @@ def _train_locked(inv: Invocation, arm: ResolvedArm, seed: int, run_dir: Path) -
         _run_analyses(inv, record, metrics, arm, seed, run_dir)
         return _final_rows(arm, seed, metrics)
 
-    run_id, reopened = tracker.start_child(inv.experiment, inv.parent, name, key, inv.arm_tags(arm, seed),
-                                           {**flatten(arm.run_spec), "seed": seed})
+    world = inv.dist.world_size
+    run_id, reopened = tracker.start_child(
+        inv.experiment, inv.parent, name, key, inv.arm_tags(arm, seed),
+        {**flatten(arm.run_spec), "seed": seed, "distributed.world_size": world,
+         "distributed.batch_per_process": cfg.recipe.batch_size // world})
     echo(f"  {name}: {'resuming' if reopened else 'training'} (run {run_id})")
     with tracker.running(run_id):
-        seed_everything(seed)
-        data = build_data(cfg.data, cfg.recipe.batch_size, seed, cfg.recipe.eval_batch_size)
-        trainable = configured_trainable(cfg, data.num_classes)
         r = cfg.recipe
         steps = f"{r.steps_per_epoch} steps" if r.steps_per_epoch else "full epochs"
-        tracker.set_tags(run_id, {"suite.setup": f"{data.description}; model {cfg.model.arch}; {r.epochs} epochs x "
-                                                 f"{steps}, batch {r.batch_size}, lr {r.lr}, lr_quant {r.lr_quant}"})
-        result = fit(trainable, data.train, data.val, cfg.recipe, seed=seed, run_dir=run_dir, progress=inv.progress,
-                     log=lambda metrics, step: tracker.log_metrics(run_id, metrics, step), warn=echo)
+        processes = f" on {world} processes" if world > 1 else ""
+        result, trainable, data = _fit(inv, arm, seed, run_dir,
+                                       log=lambda metrics, step: tracker.log_metrics(run_id, metrics, step))
+        tracker.set_tags(run_id, {"suite.world_size": str(world), "suite.setup": (
+            f"{data.description}; model {cfg.model.arch}; {r.epochs} epochs x {steps}, batch {r.batch_size}"
+            f"{processes}, lr {r.lr}, lr_quant {r.lr_quant}")})
         final = final_metrics(result.final) | {"best_epoch": result.best_epoch}
         final |= _cost_metrics(cfg, trainable.model, data.image_size)
         tracker.log_metrics(run_id, final, max(result.best_epoch, 0))

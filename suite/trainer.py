@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -25,7 +27,8 @@ import torch
 from torch import nn
 
 from suite import interrupts
-from suite.checkpoints import CheckpointSeries
+from suite.checkpoints import CheckpointSeries, read_checkpoint
+from suite.distributed import SINGLE, Distributed, data_parallel, global_batch_norm, local_device, no_sync
 from suite.methods.api import ParamGroup, Trainable
 from suite.recipe import Recipe
 
@@ -70,11 +73,13 @@ def train_step(trainable: Trainable, forward: Callable[[torch.Tensor], torch.Ten
         o.zero_grad(set_to_none=True)
     earlier: list[torch.Tensor] = []
     losses = {}
-    for b in reversed(trainable.bits):
+    skip_sync = no_sync(forward)  # under DDP: gradients are all-reduced once, after the last backward
+    for i, b in enumerate(reversed(trainable.bits)):
         trainable.model.set_bits(b)
-        logits = forward(x)
-        loss = trainable.loss(logits, y, earlier)
-        loss.backward()
+        with skip_sync() if skip_sync is not None and i < len(trainable.bits) - 1 else nullcontext():
+            logits = forward(x)
+            loss = trainable.loss(logits, y, earlier)
+            loss.backward()
         earlier.append(logits.detach())
         losses[b] = loss.detach()
     for o in optimizers:
@@ -83,10 +88,13 @@ def train_step(trainable: Trainable, forward: Callable[[torch.Tensor], torch.Ten
 
 
 def _reseed(loader: Iterable, value: int) -> None:
-    """Seed the global RNGs (augmentation, random draws) and the loader's shuffling generator."""
+    """Seed the global RNGs (augmentation, random draws), the loader's generator (its workers' RNG) and its
+    sampler's permutation."""
     seed_everything(value)
     if getattr(loader, "generator", None) is not None:
         loader.generator.manual_seed(value)
+    if hasattr(getattr(loader, "sampler", None), "seed"):
+        loader.sampler.seed = value
 
 
 def _limited(loader: Iterable, steps: int | None) -> Iterator:
@@ -121,21 +129,20 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, bits: list[int], loader: Iterable,
-             device: torch.device) -> dict[int, tuple[float, float]]:
-    """Top-1 / top-5 accuracy (percent) at every bit-width, model in eval mode."""
+def evaluate(model: nn.Module, bits: list[int], loader: Iterable, device: torch.device,
+             dist: Distributed = SINGLE) -> dict[int, tuple[float, float]]:
+    """Top-1 / top-5 accuracy (percent) at every bit-width, model in eval mode. Under ``dist`` each rank counts
+    its own shard of the validation set and the counts are summed: the single-process numbers, no image twice."""
     model.eval()
     results = {}
     for b in bits:
         model.set_bits(b)
-        correct1 = correct5 = total = 0
+        counts = torch.zeros(3, dtype=torch.int64, device=device)  # top-1 hits, top-5 hits, images
         for x, y in _to(device, loader):
             logits = model(x)
-            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            hits = top5 == y[:, None]
-            correct1 += hits[:, 0].sum().item()
-            correct5 += hits.any(dim=1).sum().item()
-            total += y.numel()
+            hits = logits.topk(min(5, logits.shape[1]), dim=1).indices == y[:, None]
+            counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(), torch.tensor(y.numel(), device=device)])
+        correct1, correct5, total = dist.sum(counts).tolist()
         results[b] = (100.0 * correct1 / total, 100.0 * correct5 / total)
     return results
 
@@ -204,24 +211,31 @@ def fit(
     log: Callable[[dict, int], None] | None = None,
     progress: bool = True,
     warn: Callable[[str], None] = print,
+    dist: Distributed = SINGLE,
+    calibration_loader: Iterable | None = None,
 ) -> TrainResult:
+    """Train ``trainable`` by ``recipe``, resuming from ``run_dir``. Under ``dist`` (torchrun) every rank calls this
+    with its shard of the data; rank 0 alone reads the choices from disk, writes checkpoints and logs.
+    ``calibration_loader``: the batches ``initialize`` sees (default: ``train_loader``; under ``dist`` the
+    unsharded global batches, so every rank calibrates exactly as one process would)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     done_file = run_dir / "result.json"
-    finished = _read_result(done_file, warn)
+    finished = dist.from_main(_read_result(done_file, warn) if dist.main else None)
     if finished is not None:
         return finished
 
-    device = resolve_device(recipe.device)
+    device = local_device(resolve_device(recipe.device), dist)
     model, bits = trainable.model.to(device), trainable.bits
     optimizers = make_optimizers(trainable.param_groups(recipe))
     schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=recipe.epochs, eta_min=0) for o in optimizers]
     last, best = CheckpointSeries(run_dir, "last", keep=2, warn=warn), CheckpointSeries(run_dir, "best", keep=1, warn=warn)
 
     state, resumed_from = Progress(), None
-    found = last.latest(map_location=device)
-    if found is not None:
-        saved = found[0]
+    found = last.latest(map_location=device) if dist.main else None  # rank 0 picks (setting damaged files aside)
+    path = dist.from_main(found[1] if found else None)
+    if path is not None:
+        saved = found[0] if dist.main else read_checkpoint(path, map_location=device)
         model.load_state_dict(saved["model"])
         for o, s in zip(optimizers, saved["optimizers"]):
             o.load_state_dict(s)
@@ -230,14 +244,23 @@ def fit(
         state = Progress(**saved["progress"])
         resumed_from = state.epoch
     elif trainable.initialize is not None:
-        _reseed(train_loader, seed * 100_003 - 1)
-        trainable.initialize(model, _to(device, train_loader))
+        calibration = calibration_loader or train_loader
+        _reseed(calibration, seed * 100_003 - 1)
+        trainable.initialize(model, _to(device, calibration))
+    if dist.active and recipe.sync_bn:  # after calibration, which every rank runs on the same, whole batches
+        global_batch_norm(model)
 
     def checkpoint() -> None:
-        last.save({"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
-                   "schedulers": [s.state_dict() for s in schedulers], "progress": asdict(state)}, state.steps_done)
+        if dist.main:
+            last.save({"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                       "schedulers": [s.state_dict() for s in schedulers], "progress": asdict(state)},
+                      state.steps_done)
 
-    forward = training_forward(model, recipe)
+    def global_mean(sums: dict[int, torch.Tensor]) -> dict[int, float]:
+        """Each rank's loss sums averaged over the ranks: the single-process sums for equal shards."""
+        return {b: (dist.sum(v.clone()) / dist.world_size).item() for b, v in sums.items()}
+
+    forward = training_forward(data_parallel(model, device) if dist.active else model, recipe)
     metrics = state.best_final
     for epoch in range(state.epoch, recipe.epochs):
         # Re-seed per epoch so a resumed run sees the same batches, augmentation and sampling as an unbroken one.
@@ -254,35 +277,38 @@ def fit(
             _set_rng_state(state.rng)
         total = recipe.steps_per_epoch or (len(train_loader) if hasattr(train_loader, "__len__") else None)
         with interrupts.deferred():
-            for x, y in tqdm(_to(device, batches), total=total, initial=state.step, leave=False, disable=not progress,
-                             desc=f"epoch {epoch + 1}/{recipe.epochs}"):
+            for x, y in tqdm(_to(device, batches), total=total, initial=state.step, leave=False,
+                             disable=not progress or not dist.main, desc=f"epoch {epoch + 1}/{recipe.epochs}"):
                 for b, loss in train_step(trainable, forward, optimizers, x, y).items():
                     loss_sums[b] += loss
                 state.step, state.steps_done = state.step + 1, state.steps_done + 1
-                if interrupts.requested() is not None:
-                    state.epoch, state.rng = epoch, _rng_state()
-                    state.loss_sums = {b: v.item() for b, v in loss_sums.items()}
+                if dist.any(interrupts.requested() is not None):  # every rank stops after the same step
+                    state.epoch, state.rng, state.loss_sums = epoch, _rng_state(), global_mean(loss_sums)
                     checkpoint()
-                    raise interrupts.Interrupted(interrupts.requested(), f"in epoch {epoch + 1} after step {state.step}")
+                    raise interrupts.Interrupted(interrupts.requested() or signal.SIGTERM,
+                                                 f"in epoch {epoch + 1} after step {state.step}")
             for sch in schedulers:
                 sch.step()
 
-            metrics = evaluate(model, bits, val_loader, device)
-            row = metric_names(bits, metrics, {b: loss_sums[b].item() / max(state.step, 1) for b in bits})
+            dist.broadcast_buffers(model)  # every rank evaluates rank 0's BN statistics, which it checkpoints
+            metrics = evaluate(model, bits, val_loader, device, dist)
+            row = metric_names(bits, metrics, {b: v / max(state.step, 1) for b, v in global_mean(loss_sums).items()})
             state.history.append({"epoch": epoch, **row})
             if row["val_top1_mean"] > state.best_mean:  # strictly greater, starting from 0 (the release's rule)
                 state.best_mean, state.best_epoch, state.best_final = row["val_top1_mean"], epoch, metrics
-                best.save({"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, state.steps_done)
+                if dist.main:
+                    best.save({"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, state.steps_done)
             state.epoch, state.step, state.loss_sums, state.rng = epoch + 1, 0, {}, None
             checkpoint()
-            if log is not None:  # after the checkpoint: a logged epoch is never trained twice
+            if log is not None and dist.main:  # after the checkpoint: a logged epoch is never trained twice
                 log({**row, "best_val_top1_mean": state.best_mean}, epoch)
-        if interrupts.requested() is not None:
-            raise interrupts.Interrupted(interrupts.requested(), f"after epoch {epoch + 1}")
+        if dist.any(interrupts.requested() is not None):
+            raise interrupts.Interrupted(interrupts.requested() or signal.SIGTERM, f"after epoch {epoch + 1}")
 
     # A run that never beat 0 % has no best epoch: report its last evaluation instead of nothing.
     result = TrainResult(state.best_epoch, state.best_mean, state.best_final or metrics, state.history, resumed_from)
-    tmp = done_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(result), indent=1))
-    os.replace(tmp, done_file)
+    if dist.main:
+        tmp = done_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(result), indent=1))
+        os.replace(tmp, done_file)
     return result

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from suite.data import CIFAR_MEAN, CIFAR_STD, Data, DataConfig, DatasetNotFound, build_data
+from suite.data import Data, DataConfig, DatasetNotFound, build_data
 
 N_TRAIN, N_TEST = 20, 10
 
@@ -48,9 +48,14 @@ def cifar10_root(tmp_path):
     return tmp_path
 
 
-def _expected_normalised(pixels_uint8_chw: np.ndarray) -> torch.Tensor:
+# The release's normalisation (main_cifar.py), per dataset, in 0..255 units.
+RELEASE_STATS = {"cifar100": ((129.3, 124.1, 112.4), (68.2, 65.4, 70.4)),
+                 "cifar10": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))}
+
+
+def _expected_normalised(pixels_uint8_chw: np.ndarray, dataset: str = "cifar100") -> torch.Tensor:
     t = torch.tensor(pixels_uint8_chw, dtype=torch.float64) / 255
-    mean, std = torch.tensor(CIFAR_MEAN, dtype=torch.float64), torch.tensor(CIFAR_STD, dtype=torch.float64)
+    mean, std = (torch.tensor(v, dtype=torch.float64) / 255 for v in RELEASE_STATS[dataset])
     return ((t - mean[:, None, None]) / std[:, None, None]).float()
 
 
@@ -86,7 +91,7 @@ def test_cifar100_loads_without_integrity_check(cifar100_root):
         torch.testing.assert_close(val_x[i], _expected_normalised(written[i]), atol=1e-5, rtol=0)
     # A single known pixel, spelled out: image 7, green plane, row 2, column 5.
     g = (100 + 7 * 7 + 3 * 1 + 2 + 2 * 5) % 256
-    assert val_x[7, 1, 2, 5].item() == pytest.approx((g / 255 - CIFAR_MEAN[1]) / CIFAR_STD[1], abs=1e-5)
+    assert val_x[7, 1, 2, 5].item() == pytest.approx((g - 124.1) / 65.4, abs=1e-5)
 
 
 def test_cifar100_md5_check_passes_on_matching_files(cifar100_root, monkeypatch):
@@ -116,8 +121,8 @@ def test_cifar10_loads_without_integrity_check(cifar10_root):
     assert sorted(int(v) for _, yb in data.train for v in yb) == sorted((b + k) % 10 for b in range(1, 6) for k in range(4))
     val_x, val_y = next(iter(data.val))
     assert val_y.tolist() == [k % 10 for k in range(N_TEST)]
-    torch.testing.assert_close(val_x[3], _expected_normalised(_images(N_TEST, 100).reshape(N_TEST, 3, 32, 32)[3]),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(val_x[3], _expected_normalised(_images(N_TEST, 100).reshape(N_TEST, 3, 32, 32)[3],
+                                                              "cifar10"), atol=1e-5, rtol=0)
     with pytest.raises(DatasetNotFound, match="verify_integrity"):
         build_data(DataConfig(dataset="cifar10", root=str(cifar10_root)), batch_size=5, seed=0)
 
@@ -193,13 +198,13 @@ def test_digits_split_fixed_across_run_seeds_order_seeded():
     assert torch.equal(a.val.dataset.images, b.val.dataset.images) and torch.equal(a.val.dataset.labels, b.val.dataset.labels)
     assert torch.equal(a.train.dataset.images, b.train.dataset.images)
     assert _labels(a.val) == _labels(b.val)
-    # Training order: seeded by the run seed, reproducible; each epoch draws a new order from the generator,
-    # which the trainer re-seeds per epoch.
+    # Training order: seeded by the run seed, reproducible; the trainer sets the sampler's seed every epoch.
     first = _labels(a.train)
     assert first != _labels(b.train)
-    assert first == _labels(a2.train)
+    assert first == _labels(a2.train) == _labels(a.train)
+    a.train.sampler.seed = 7
     assert _labels(a.train) != first
-    a.train.generator.manual_seed(1)
+    a.train.sampler.seed = 1
     assert _labels(a.train) == first
     # Pixels (random crops) too, given the global seed the trainer sets.
     torch.manual_seed(0)

@@ -1,0 +1,150 @@
+"""Training on several processes under ``torchrun``: which process this is, the process groups, the global-batch
+BatchNorm, and the few agreements the processes need (a stop signal, the checkpoint to resume, rank 0's choices).
+
+Without torchrun's environment (``WORLD_SIZE`` unset or 1) everything here is a no-op: one process, as always.
+NCCL carries the training collectives on GPUs, gloo on CPUs; a gloo group always carries the small control
+messages, so agreeing on a stop never synchronises a GPU stream.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+TIMEOUT = timedelta(minutes=60)  # rank 0 may spend minutes on tracking / analyses while the others wait
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    control: Any = None  # the gloo group for control messages
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def from_main(self, value: Any) -> Any:
+        """Rank 0's ``value`` (any picklable object) on every rank."""
+        if not self.active:
+            return value
+        box = [value if self.main else None]
+        dist.broadcast_object_list(box, src=0, group=self.control)
+        return box[0]
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (on every rank the same answer)."""
+        if not self.active:
+            return flag
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.control)
+        return bool(t.item())
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the ranks (in place; on its device)."""
+        if self.active:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def broadcast_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (BN running statistics) on every rank: what rank 0 evaluates and checkpoints."""
+        if self.active:
+            for b in model.buffers():
+                dist.broadcast(b, src=0)
+
+
+SINGLE = Distributed()
+
+
+def from_environment(device: torch.device) -> Distributed:
+    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``...)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+    control = dist.new_group(backend="gloo", timeout=TIMEOUT)
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), control)
+
+
+def local_device(device: torch.device, d: Distributed) -> torch.device:
+    """One GPU per process: rank's ``LOCAL_RANK``-th GPU where the recipe asks for CUDA."""
+    if device.type == "cuda" and d.active:
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) with its gradient: the gradient of a sum over ranks is the gradient summed over ranks."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch over all ranks, on any device.
+
+    The two-pass mean / variance (sums all-reduced with autograd) is the numerically stable form; with one
+    process, or in eval mode, it is exactly ``nn.BatchNorm2d``. The state dict is a BatchNorm2d's.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1) or self.momentum is None:
+            return super().forward(x)
+        dims = (0, 2, 3)
+        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=x.dtype)
+        n = _SumOverRanks.apply(count)
+        mean = _SumOverRanks.apply(x.sum(dims)) / n
+        centred = x - mean[None, :, None, None]
+        var = _SumOverRanks.apply(centred.pow(2).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_var.lerp_(var.detach() * n / (n - 1), self.momentum)  # unbiased, as BatchNorm2d
+        y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None] if self.affine else y
+
+
+def global_batch_norm(model: nn.Module) -> nn.Module:
+    """Every ``nn.BatchNorm2d`` of ``model`` becomes a ``GlobalBatchNorm2d`` holding the same tensors."""
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.BatchNorm2d:
+                child.__class__ = GlobalBatchNorm2d  # same attributes, parameters and buffers; only forward differs
+    return model
+
+
+def data_parallel(model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP over the process group; rank 0's parameters and buffers are broadcast to all at construction. Unused
+    parameters are expected: a b-bit forward reads only some branches and one bit-width's BNs."""
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def no_sync(forward: nn.Module):
+    """DDP's gradient-sync skip for all but the last backward of a joint step; None when not under DDP."""
+    return getattr(forward, "no_sync", None)
+
+
