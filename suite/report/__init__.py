@@ -21,8 +21,11 @@ from pathlib import Path
 
 import matplotlib
 import pandas as pd
+import torch
 from matplotlib.backends.backend_pdf import PdfPages
 
+from suite.collect import collect
+from suite.references import REGISTRY, reference_for_report
 from suite.report.figures import (accuracy_figure, cost_axes, cost_figure, curves_figure, has_curves, has_quant_error,
                                   quant_error_figure)
 from suite.report.layout import SUITE_NAME, stamp
@@ -31,12 +34,13 @@ from suite.report.pages import (PageSpec, cost_pages, environment_pages, front_p
 from suite.report.sections import Section, build_sections
 from suite.report.stats import (DASH, NOT_TRANSCRIBED, REQUIRED_COLUMNS, check_runs, format_summary,
                                 paired_differences, section_verdict, summary_table)
+from suite.tracking import TAG_KIND, Tracker, git_state, tracking_uri
 
 REPORT_EXPERIMENT = "reports"
-
-__all__ = ["build_report", "write_report", "build_sections", "Section", "summary_table", "format_summary", "paired_differences",
-           "section_verdict", "accuracy_figure", "curves_figure", "cost_figure", "quant_error_figure",
-           "count_pdf_pages", "DASH", "NOT_TRANSCRIBED", "SUITE_NAME", "PdfPages"]
+# What tests and notebooks use; build_report is the entry point (python -m suite report).
+__all__ = ["DASH", "NOT_TRANSCRIBED", "SUITE_NAME", "PdfPages", "Section", "accuracy_figure", "build_report",
+           "build_sections", "cost_figure", "count_pdf_pages", "curves_figure", "format_summary",
+           "paired_differences", "quant_error_figure", "section_verdict", "summary_table", "write_report"]
 
 
 def _png_name(manifest: str, profile: str) -> str:
@@ -149,8 +153,6 @@ def count_pdf_pages(path: Path) -> int:
 
 def _log_report(results_dir: Path, out_pdf: Path, figures: list[Path], pages: int) -> str:
     """The PDF and its figures as artifacts of a run in the "reports" experiment, beside the runs it reports."""
-    from suite.tracking import TAG_KIND, Tracker, git_state
-
     tracker = Tracker(results_dir)
     experiment = tracker.experiment_id(REPORT_EXPERIMENT)
     run = tracker.client.create_run(experiment, run_name=f"report {out_pdf.name}", tags={
@@ -167,12 +169,6 @@ def _log_report(results_dir: Path, out_pdf: Path, figures: list[Path], pages: in
 def build_report(results_dir: Path, out_pdf: Path, references: Path | None = None) -> int:
     """Collect the tracked runs, write the PDF (figures as PNGs beside it) and log both to the store's
     "reports" experiment; returns the page count."""
-    import torch
-
-    from suite.collect import collect
-    from suite.references import REGISTRY, reference_for_report
-    from suite.tracking import git_state, tracking_uri
-
     uri = tracking_uri(results_dir)
     store = collect(results_dir)
     if store.runs.empty and store.costs.empty and store.children.empty:
