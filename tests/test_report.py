@@ -8,7 +8,9 @@ import matplotlib.text
 import pandas as pd
 import pytest
 
+from helpers import EXPERIMENTS
 from suite import report
+from suite.manifest import load_manifest
 
 BITS = (2, 4, 6, 8)
 SEEDS = (0, 1, 2)
@@ -243,3 +245,30 @@ def test_count_pdf_pages_ignores_page_tree(tmp_path):
     pdf.write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Pages /Kids [2 0 R 3 0 R] >>\n"
                     b"2 0 obj << /Type /Page >>\n3 0 obj <</Type/Page/Parent 1 0 R>>\n")
     assert report.count_pdf_pages(pdf) == 2
+
+
+def shipped_invocations() -> pd.DataFrame:
+    """Newest invocations of every shipped manifest at its paper and smoke profiles (each with one --set), none of
+    whose runs started."""
+    rows = []
+    for path in sorted(EXPERIMENTS.glob("*.yaml")):
+        for profile in ("paper", "smoke"):
+            loaded = load_manifest(path, profile)
+            m = loaded.manifest
+            rows.append(dict(manifest=m.name, profile=profile, title=m.title, paper_ref=m.paper.ref,
+                             paper_verified=m.paper.verified, pipeline_check=m.pipeline_check,
+                             manifest_version=m.version, task=m.task, claim=m.claim,
+                             tolerance=float("nan") if m.tolerance is None else m.tolerance,
+                             command=loaded.command + " --set data.root=/data",
+                             jobs=[(a.name, s) for a in loaded.arms for s in m.seeds], resolved_from=""))
+    return pd.DataFrame(rows)
+
+
+def test_the_front_page_holds_every_shipped_manifest_at_two_profiles():
+    sections = report.build_sections(pd.DataFrame(columns=report.REQUIRED_COLUMNS), invocations=shipped_invocations())
+    assert len(sections) == 16
+    assert all(s.counts["missing"] == str(len(s.jobs)) and s.counts["finished"].startswith("0 of") for s in sections)
+    header = {"tracking URI": "sqlite:////home/someone/projects/mbquant-suite/results/mlflow.db",
+              "git.commit": "0" * 40, "git.dirty": "false", "torch": "2.14.1",
+              "reference numbers": "results/paper/reference_numbers.csv"}
+    assert len(report.front_pages(sections, header)) == 1

@@ -57,7 +57,7 @@ def test_front_page_rows_numbers_and_verdicts(report):
                  "6 of 9", "1 failed, 1 killed",  # alpha paper: 9 planned, mine seed 2 never started
                  "reproduced", "+0.50 (mbquant, 2-bit)",  # alpha paper: both transcribed cells within ±1
                  "not reproduced", "+1.25 (mbquant, 4-bit)",  # gamma: reuse records, tolerance 0.5
-                 "no paper number", "smoke only", "smoke-scale, see the paper row", "pipeline check", "±0.5"):
+                 "no paper number", "smoke only", "see the paper row", "pipeline check", "±0.5"):
         assert cell in front, cell
     assert front.index("alpha v1") < front.index("beta v1") < front.index("delta v1") < front.index("gamma v1")
 

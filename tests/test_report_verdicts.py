@@ -59,7 +59,7 @@ def test_smoke_only_and_smoke_beside_a_paper_profile():
     smoke = runs(profile="smoke")
     assert verdicts(smoke, reference(("mbquant", 4, 64.0)))["m", "smoke"] == ("smoke only", "–")
     both = verdicts(pd.concat([runs(), smoke]), reference(("mbquant", 4, 64.0)))
-    assert both["m", "smoke"][0] == "smoke-scale, see the paper row" and both["m", "paper"][0] == "reproduced"
+    assert both["m", "smoke"][0] == "see the paper row" and both["m", "paper"][0] == "reproduced"
 
 
 def test_incomplete_when_a_transcribed_cell_has_no_finished_run():

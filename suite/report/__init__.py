@@ -38,9 +38,10 @@ from suite.tracking import TAG_KIND, Tracker, git_state, tracking_uri
 
 REPORT_EXPERIMENT = "reports"
 # What tests and notebooks use; build_report is the entry point (python -m suite report).
-__all__ = ["DASH", "NOT_TRANSCRIBED", "SUITE_NAME", "PdfPages", "Section", "accuracy_figure", "build_report",
-           "build_sections", "cost_figure", "count_pdf_pages", "curves_figure", "format_summary",
-           "paired_differences", "quant_error_figure", "section_verdict", "summary_table", "write_report"]
+__all__ = ["DASH", "NOT_TRANSCRIBED", "REQUIRED_COLUMNS", "SUITE_NAME", "PdfPages", "Section", "accuracy_figure",
+           "build_report", "build_sections", "cost_figure", "count_pdf_pages", "curves_figure", "format_summary",
+           "front_pages", "paired_differences", "quant_error_figure", "section_verdict", "summary_table",
+           "write_report"]
 
 
 def _png_name(manifest: str, profile: str) -> str:

@@ -22,6 +22,7 @@ MARGIN = 0.45  # left / right, inches
 TOP = 0.32  # inches above the heading: room for the scale banner
 FOOTER = 0.28  # inches below the caption: room for the page number
 LINE = 1.3  # line height / font size
+PAD = 0.03  # inches above and below a table cell's text
 MONO = "DejaVu Sans Mono"
 
 
@@ -164,7 +165,7 @@ class Table:
         return [wrap(text, width * w - 0.1, self.size, weight) for text, w in zip(row, self.widths)]
 
     def row_height(self, row: list[str], width: float, weight: str = "normal") -> float:
-        return max(map(len, self._cells(row, width, weight))) * self.size * LINE / 72 + 0.07
+        return max(map(len, self._cells(row, width, weight))) * self.size * LINE / 72 + 2 * PAD
 
     def height(self, width: float, rows: range) -> float:
         return self.row_height(self.header, width, "bold") + sum(self.row_height(self.rows[i], width) for i in rows)
@@ -202,7 +203,7 @@ class Table:
         x = MARGIN
         for text, lines, frac in zip(row, self._cells(row, width, weight), self.widths):
             color = (self.colors or {}).get(text, "black")
-            text_block(fig, x + 0.05, y + 0.035, lines, self.size, weight=weight, color=color)
+            text_block(fig, x + 0.05, y + PAD, lines, self.size, weight=weight, color=color)
             x += width * frac
         return y + height
 

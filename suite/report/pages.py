@@ -92,13 +92,12 @@ def table_pages(heading: str, subheading: str, caption: str, tables: list[tuple[
 # ----------------------------------------------------------------------------------------------- front page
 
 VERDICTS = (f"Verdicts: \"{REPRODUCED}\": paper profile, every transcribed paper cell within the manifest's tolerance "
-            f"(top-1 points); \"{NOT_REPRODUCED}\": some cell outside it; \"{INCOMPLETE}\": none outside, but some "
-            f"transcribed cell has no finished run; \"{NO_PAPER_NUMBER}\": paper profile but nothing transcribed "
-            f"(paper values read \"{NOT_TRANSCRIBED}\"; none is ever estimated); \"{NO_TOLERANCE}\": the manifest "
-            f"gives no tolerance; \"{SMOKE_ONLY}\": only shortened profiles ran, whose numbers are NOT comparable to "
-            f"the paper; \"{PIPELINE_CHECK}\": runs too short to learn, which only show that every arm runs end to "
-            f"end. Runs count (arm, seed) jobs of the newest invocation: failed / unfinished = the run failed, was "
-            f"killed or is still running; missing = planned but never started.")
+            f"(top-1 points); \"{NOT_REPRODUCED}\": some cell outside it; \"{INCOMPLETE}\": none outside, some "
+            f"without a finished run; \"{NO_PAPER_NUMBER}\": nothing transcribed (paper values read "
+            f"\"{NOT_TRANSCRIBED}\"; none is ever estimated); \"{NO_TOLERANCE}\": the manifest gives none; "
+            f"\"{SMOKE_ONLY}\": only shortened profiles ran, NOT comparable to the paper; \"{PIPELINE_CHECK}\": runs "
+            f"too short to learn, which only show that every arm runs end to end. Runs: the (arm, seed) jobs of the "
+            f"newest invocation; failed / unfinished: failed, killed or still running; missing: never started.")
 
 
 VERDICT_COLORS = {REPRODUCED: "#1a7f37", "agrees": "#1a7f37", NOT_REPRODUCED: "#c62828", "differs": "#c62828"}
@@ -118,15 +117,14 @@ def overview_table(sections: list[Section]) -> Table:
         tolerance = DASH if s.kind != "train" else ("not set" if pd.isna(s.info["tolerance"])
                                                     else f"±{s.info['tolerance']:g}")
         overrides = len(s.info["overrides"])  # a paper profile run with --set is not quite the paper's protocol
-        profile = s.profile + (f"\n({s.scale})" if s.scale else "") + (f"\nwith {overrides} --set" if overrides
-                                                                       else "")
+        profile = (s.scale or s.profile) + (f"\nwith {overrides} --set" if overrides else "")
         rows.append([_experiment_cell(s) if first else "", profile,
                      (s.info["claim"] or "(no claim recorded)") if first else "", s.counts["finished"],
                      s.counts["failed"], s.counts["missing"], tolerance, s.largest_diff, s.verdict])
         groups.append(first)
     header = ["experiment", "profile", "claim it checks", "finished", "failed / unfinished", "missing",
               "tolerance", "largest ours − paper", "verdict"]
-    return Table(header, rows, [0.18, 0.08, 0.27, 0.075, 0.09, 0.06, 0.065, 0.1, 0.08], size=7.5,
+    return Table(header, rows, [0.19, 0.085, 0.28, 0.065, 0.085, 0.055, 0.06, 0.09, 0.09], size=7,
                  groups=groups, colors=VERDICT_COLORS)
 
 
@@ -135,9 +133,8 @@ def front_pages(sections: list[Section], header: dict[str, str]) -> list[PageSpe
     profiles = sorted({s.profile for s in sections}, key=lambda p: (p != PAPER_PROFILE, p))
     subheading = " · ".join([f"Generated {generated}", *(f"{k}: {v}" for k, v in header.items()),
                              "Profiles present: " + ", ".join(profiles)])
-    caption = VERDICTS + (" Any profile other than \"paper\" is a shortened check that the pipeline runs: its "
-                          "accuracies say nothing about the paper's numbers, and every page of such a profile is "
-                          "labelled so.")
+    caption = VERDICTS + (" Every page of a profile other than \"paper\" is labelled \"<profile>-scale\": its "
+                          "accuracies say nothing about the paper's numbers.")
     return table_pages(f"{REPORT_TITLE} — {PAPER_CITATION}", subheading, caption,
                        [("Overview: one row per experiment and profile", overview_table(sections))])
 

@@ -19,6 +19,7 @@ from suite.records import PAPER_PROFILE, scale_label
 from suite.report.stats import job_status, reference_frame, section_verdict, status_counts, summary_table
 
 EMPTY = pd.DataFrame()
+RECORD_COLUMNS = ["arm", "seed", "status", "run_id", "method", "model"]  # what a section needs of each tracked run
 
 
 @dataclass
@@ -118,12 +119,12 @@ def _kind(invocation: dict | None, rows: pd.DataFrame, costs: pd.DataFrame, reco
 
 
 def _recorded(children: pd.DataFrame, rows: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
-    """Every tracked run of a section, newest first; without a children table, its finished runs."""
+    """Every tracked run of a section, newest first; without a children table, its finished runs (none at all for
+    an invocation that stopped before its first run)."""
     if not children.empty:
         return children
-    finished = pd.concat([rows, costs]) if not costs.empty else rows
-    return finished.drop_duplicates("run_id").assign(status="FINISHED")[["arm", "seed", "status", "run_id",
-                                                                           "method", "model"]]
+    finished = pd.concat([f for f in (rows, costs) if not f.empty] or [pd.DataFrame(columns=RECORD_COLUMNS)])
+    return finished.drop_duplicates("run_id").assign(status="FINISHED")[RECORD_COLUMNS]
 
 
 def _arm_order(planned: list, jobs: pd.DataFrame) -> dict[str, str]:

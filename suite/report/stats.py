@@ -206,12 +206,13 @@ def section_verdict(profile: str, pipeline_check: bool, tolerance: float, cells:
     reproduced mean ``top1_mean`` (NaN where no run finished). "reproduced": paper profile and every transcribed
     cell within the tolerance; "not reproduced": some cell outside it; "incomplete": none outside, but some cell
     has no finished run; "no paper number": nothing transcribed; "no tolerance set": the manifest gives none;
-    "smoke only" / "<profile>-scale" for other profiles, "pipeline check" for runs too short to learn.
+    "smoke only" for another profile ("see the paper row" when the paper profile ran too), "pipeline check" for
+    runs too short to learn.
     """
     if pipeline_check:
         return PIPELINE_CHECK, DASH
     if profile != PAPER_PROFILE:
-        return (f"{scale_label(profile)}, see the paper row" if paper_profile_ran else SMOKE_ONLY), DASH
+        return ("see the paper row" if paper_profile_ran else SMOKE_ONLY), DASH
     if cells.empty:
         return NO_PAPER_NUMBER, DASH
     diff = cells["top1_mean"] - cells["paper_top1"]
