@@ -131,6 +131,8 @@ def test_accuracy_figure_labels():
     diff = paper.axes[1]
     assert "MBQuant minus baseline" in diff.get_title() and "95% CI" in diff.get_title()
     assert "Student t" in page_text(paper)
+    one_seed = report.accuracy_figure(section(make_runs(seeds=(7,)), "fake_a_2468", "smoke")).axes[1]
+    assert "one seed: no interval" in one_seed.get_title()
 
 
 def test_a_section_with_two_architectures_gets_one_row_of_panels_and_one_table_block_each():

@@ -125,8 +125,8 @@ def _difference_panel(ax: Axes, section: Section, model: str, bits: list[int]) -
     ax.axhline(0, color="black", linewidth=0.8)
     _bit_axis(ax, bits)
     ax.set_ylabel("Δ top-1 (points)")
-    ax.set_title(_comparison_title(section, model, ref) + f"\npaired over common seeds, {CONFIDENCE:.0%} CI",
-                 fontsize=9)
+    interval = f"{CONFIDENCE:.0%} CI" if (diffs["n"] > 1).any() else "one seed: no interval"
+    ax.set_title(f"{_comparison_title(section, model, ref)}\npaired over common seeds, {interval}", fontsize=9)
     _legend(ax, "difference (n common seeds)", below=True)
 
 
