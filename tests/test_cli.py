@@ -89,9 +89,10 @@ def test_report_is_written(smoke_run, tmp_path, capsys):
     out = tmp_path / "report.pdf"
     assert main(["report", "--results", str(smoke_run), "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000
-    assert count_pdf_pages(out) == 4  # title, accuracy figure, storage figure, table
+    # front page, accuracy, curves, accuracy vs storage, table, appendix: environment, resolved manifest
+    assert count_pdf_pages(out) == 7
     assert (tmp_path / "figures" / "table3_cifar100_resnet20_2468__smoke.png").exists()
-    assert "4 pages" in capsys.readouterr().out
+    assert "7 pages" in capsys.readouterr().out
 
 
 @pytest.mark.e2e

@@ -8,7 +8,9 @@ import matplotlib.text
 import pandas as pd
 import pytest
 
+from helpers import EXPERIMENTS
 from suite import report
+from suite.manifest import load_manifest
 
 BITS = (2, 4, 6, 8)
 SEEDS = (0, 1, 2)
@@ -103,45 +105,72 @@ def test_duplicate_seed_is_rejected(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- figure
 
+def section(runs: pd.DataFrame, manifest: str, profile: str, reference=None) -> report.Section:
+    return next(s for s in report.build_sections(runs, reference) if (s.manifest, s.profile) == (manifest, profile))
+
+
+def page_text(fig) -> str:
+    """Every text drawn on a page, whitespace collapsed (cells and headings wrap wherever their width ends)."""
+    return " ".join(" ".join(t.get_text() for t in fig.findobj(matplotlib.text.Text)).split())
+
+
 def test_accuracy_figure_labels():
     runs = make_runs()
-    smoke = report.accuracy_figure(runs[(runs.manifest == "fake_a_2468") & (runs.profile == "smoke")])
+    smoke = report.accuracy_figure(section(runs, "fake_a_2468", "smoke"))
     ax = smoke.axes[0]
-    assert "smoke-scale" in ax.get_title() and "smoke-scale" in ax.get_ylabel()
-    assert "Fake experiment fake_a_2468" in ax.get_title()
+    assert "smoke-scale: not comparable to the paper" in page_text(smoke) and "smoke-scale" in ax.get_ylabel()
+    assert "Fake experiment fake_a_2468" in page_text(smoke)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["baseline (n=3)", "mbquant (n=3)"]
     assert list(ax.get_xticks()) == list(BITS)
 
-    paper = report.accuracy_figure(runs[(runs.manifest == "fake_a_2468") & (runs.profile == "paper")]).axes[0]
-    assert "-scale" not in paper.get_title() and "-scale" not in paper.get_ylabel()
-    assert "paper profile" in paper.get_title()
+    paper = report.accuracy_figure(section(runs, "fake_a_2468", "paper", REFERENCE))
+    assert "-scale" not in page_text(paper) and "-scale" not in paper.axes[0].get_ylabel()
+    assert "paper profile" in page_text(paper)
+    assert "paper value (registered)" in [t.get_text() for t in paper.axes[0].get_legend().get_texts()]
+    # the difference panel: mbquant minus baseline, 95 % interval over the three paired seeds
+    diff = paper.axes[1]
+    assert "MBQuant minus baseline" in diff.get_title() and "95% CI" in diff.get_title()
+    assert "Student t" in page_text(paper)
+    one_seed = report.accuracy_figure(section(make_runs(seeds=(7,)), "fake_a_2468", "smoke")).axes[1]
+    assert "one seed: no interval" in one_seed.get_title()
 
-    with pytest.raises(ValueError, match="one profile"):
-        report.accuracy_figure(runs[runs.manifest == "fake_a_2468"])
 
-
-def test_a_section_with_two_architectures_gets_one_panel_and_one_table_block_each():
+def test_a_section_with_two_architectures_gets_one_row_of_panels_and_one_table_block_each():
     runs = make_runs(sections=SECTIONS[:1], arms=("mbquant big", "baseline big", "adabits small"))
     runs["model"] = runs["arm"].str.split().str[1] + "net"
-    for draw in (report.accuracy_figure, report.storage_figure):
-        fig = draw(runs.assign(storage_mib=1.0))
-        assert [ax.get_title() for ax in fig.axes] == ["bignet", "smallnet"]
-        assert "Fake experiment fake_a_2468" in fig.get_suptitle()
-        legends = [[t.get_text().split(" (")[0] for t in ax.get_legend().get_texts()] for ax in fig.axes]
-        assert legends == [["baseline big", "mbquant big"], ["adabits small"]]
+    runs["method"] = runs["arm"].str.split().str[0]
+    fig = report.accuracy_figure(section(runs, "fake_a_2468", "paper"))
+    titles = [ax.get_title().split(":")[0] for ax in fig.axes]
+    assert titles == ["bignet", "bignet", "smallnet", ""]  # smallnet has one arm: nothing to compare
+    legends = [[t.get_text().split(" (")[0] for t in ax.get_legend().get_texts()] for ax in fig.axes[::2]]
+    assert legends == [["baseline big", "mbquant big"], ["adabits small"]]
     table = report.summary_table(runs)
     assert list(table.drop_duplicates("arm")["arm"]) == ["baseline big", "mbquant big", "adabits small"]
     assert list(table["model"].drop_duplicates()) == ["bignet", "smallnet"]
 
 
+def test_no_heading_or_caption_overlaps_a_panel():
+    """Headings and captions are laid out first, panels (titles, labels, legends) in the body between them."""
+    runs = make_runs(sections=SECTIONS[:1], arms=("mbquant big", "baseline big", "mbquant small", "dedicated small"))
+    runs["model"] = runs["arm"].str.split().str[1] + "net"
+    runs["method"] = runs["arm"].str.split().str[0]
+    fig = report.accuracy_figure(section(runs, "fake_a_2468", "paper"))
+    renderer = fig.canvas.get_renderer()
+    fig.draw_without_rendering()
+    page = [t.get_window_extent(renderer) for t in fig.texts]
+    panels = [ax.get_tightbbox(renderer) for ax in fig.axes]
+    assert not any(p.overlaps(t) for p in panels for t in page)
+    assert not any(a.overlaps(b) for i, a in enumerate(panels) for b in panels[i + 1:])
+
+
 # ---------------------------------------------------------------------------------------------------- report
 
 class RecordingPdfPages(report.PdfPages):
-    """PdfPages that also keeps every text drawn on each saved page (the PDF itself stores glyphs, not words)."""
+    """PdfPages that also keeps every text drawn on each saved page."""
     pages: list[str] = []
 
     def savefig(self, figure=None, **kwargs):
-        RecordingPdfPages.pages.append("\n".join(t.get_text() for t in figure.findobj(matplotlib.text.Text)))
+        RecordingPdfPages.pages.append(page_text(figure))
         super().savefig(figure, **kwargs)
 
 
@@ -153,7 +182,7 @@ def test_write_report_pages_labels_and_pngs(tmp_path, monkeypatch):
 
     pages = report.write_report(make_runs(), out, reference=REFERENCE, figures_dir=figures, header=header)
 
-    # title page + (figure page + one table page of 8 rows) per section
+    # front page + (accuracy page + table page) per section: no history, no cost, no invocation (no appendix)
     assert pages == 1 + 2 * len(SECTIONS)
     assert out.read_bytes().startswith(b"%PDF") and out.stat().st_size > 10_000
     assert report.count_pdf_pages(out) == pages
@@ -161,28 +190,34 @@ def test_write_report_pages_labels_and_pngs(tmp_path, monkeypatch):
 
     texts = RecordingPdfPages.pages
     assert len(texts) == pages
-    title = texts[0]
-    assert "MBQuant reproducibility suite" in title and "Generated" in title
-    assert all(f"{k}: {v}" in title for k, v in header.items())
-    assert "Profiles present: paper, smoke" in title and "NOT comparable to the paper" in title
+    front = texts[0]
+    assert "MBQuant reproducibility suite" in front and "Generated" in front
+    assert all(f"{k}: {v}" in front for k, v in header.items())
+    assert "Profiles present: paper, smoke" in front and "NOT comparable to the paper" in front
+    # one row per (manifest, profile); fake_a's paper row: a transcribed cell 1.5 points off, no tolerance given
+    assert "no tolerance set" in front and "+1.50 (mbquant, 4-bit)" in front and "smoke only" in front
     # section pages in order: A/paper (2 pages), A/smoke (2), B/smoke (2); every smoke page says so
     for i, (manifest, profile) in enumerate(SECTIONS):
         for text in texts[1 + 2 * i: 3 + 2 * i]:
             assert manifest in text and f"{profile} profile" in text
-            assert ("smoke-scale" in text) == (profile == "smoke")
+            assert ("smoke-scale: not comparable to the paper" in text) == (profile == "smoke")
 
     pngs = sorted(figures.iterdir())
     assert [p.name for p in pngs] == sorted(report._png_name(m, p) for m, p in SECTIONS)
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
 
 
-def test_long_table_splits_over_pages(tmp_path):
-    arms = [f"arm{i:02d}" for i in range(7)]  # 28 rows > TABLE_ROWS_PER_PAGE
+def test_long_table_continues_on_the_next_page_with_its_header(tmp_path, monkeypatch):
+    RecordingPdfPages.pages = []
+    monkeypatch.setattr(report, "PdfPages", RecordingPdfPages)
+    arms = [f"arm{i:02d}" for i in range(14)]  # 56 rows: more than a page holds
     runs = make_runs(sections=SECTIONS[1:2], arms=arms, seeds=(0, 1))
-    table_pages = math.ceil(len(arms) * len(BITS) / report.TABLE_ROWS_PER_PAGE)
-    assert table_pages > 1
     out = tmp_path / "long.pdf"
-    assert report.write_report(runs, out) == 1 + 1 + table_pages == report.count_pdf_pages(out)
+    pages = report.write_report(runs, out)
+    assert pages == report.count_pdf_pages(out) == 1 + 1 + 2
+    first, second = RecordingPdfPages.pages[2:]
+    assert "arm00" in first and "arm13" in second and "(continued)" in second
+    assert "top-1 mean (%)" in second  # the header is repeated
 
 
 def test_empty_runs_raise_and_write_nothing(tmp_path):
@@ -197,7 +232,7 @@ def test_crash_keeps_previous_report(tmp_path, monkeypatch):
     out = tmp_path / "report.pdf"
     out.write_bytes(b"previous report")
 
-    def boom(_runs):
+    def boom(_section):
         raise RuntimeError("plotting failed")
 
     monkeypatch.setattr(report, "accuracy_figure", boom)
@@ -207,14 +242,35 @@ def test_crash_keeps_previous_report(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["report.pdf"]
 
 
-def test_save_figures_returns_paths(tmp_path):
-    paths = report.save_figures(make_runs(sections=SECTIONS[:2]), tmp_path / "figs")
-    assert [p.name for p in paths] == ["fake_a_2468__paper.png", "fake_a_2468__smoke.png"]
-    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
-
-
 def test_count_pdf_pages_ignores_page_tree(tmp_path):
     pdf = tmp_path / "x.pdf"
     pdf.write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Pages /Kids [2 0 R 3 0 R] >>\n"
                     b"2 0 obj << /Type /Page >>\n3 0 obj <</Type/Page/Parent 1 0 R>>\n")
     assert report.count_pdf_pages(pdf) == 2
+
+
+def shipped_invocations() -> pd.DataFrame:
+    """Newest invocations of every shipped manifest at its paper and smoke profiles (each with one --set), none of
+    whose runs started."""
+    rows = []
+    for path in sorted(EXPERIMENTS.glob("*.yaml")):
+        for profile in ("paper", "smoke"):
+            loaded = load_manifest(path, profile)
+            m = loaded.manifest
+            rows.append(dict(manifest=m.name, profile=profile, title=m.title, paper_ref=m.paper.ref,
+                             paper_verified=m.paper.verified, pipeline_check=m.pipeline_check,
+                             manifest_version=m.version, task=m.task, claim=m.claim,
+                             tolerance=float("nan") if m.tolerance is None else m.tolerance,
+                             command=loaded.command + " --set data.root=/data",
+                             jobs=[(a.name, s) for a in loaded.arms for s in m.seeds], resolved_from=""))
+    return pd.DataFrame(rows)
+
+
+def test_the_front_page_holds_every_shipped_manifest_at_two_profiles():
+    sections = report.build_sections(pd.DataFrame(columns=report.REQUIRED_COLUMNS), invocations=shipped_invocations())
+    assert len(sections) == 16
+    assert all(s.counts["missing"] == str(len(s.jobs)) and s.counts["finished"].startswith("0 of") for s in sections)
+    header = {"tracking URI": "sqlite:////home/someone/projects/mbquant-suite/results/mlflow.db",
+              "git.commit": "0" * 40, "git.dirty": "false", "torch": "2.14.1",
+              "reference numbers": "results/paper/reference_numbers.csv"}
+    assert len(report.front_pages(sections, header)) == 1
