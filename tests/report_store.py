@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 
 from suite.records import scale_label
-from suite.tracking import Tracker, environment_tags
+from suite.tracking import TAG_KIND, Tracker, environment_tags
 
 ENV = environment_tags()
 
@@ -56,8 +56,9 @@ def write(tracker: Tracker, inv: Invocation, reuse: dict | None = None) -> dict[
     exp = tracker.experiment_id(inv.manifest)
     tags = inv.tags()
     jobs = [[a.name, s] for a in inv.arms for s in inv.seeds]
-    parent = tracker.start_parent(exp, f"{inv.manifest} [{inv.profile}]", tags | {"suite.jobs": json.dumps(jobs)},
-                                  {"task": "train", "name": inv.manifest})
+    parent = tracker.client.create_run(exp, run_name=f"{inv.manifest} [{inv.profile}]", tags=tags | {
+        "suite.jobs": json.dumps(jobs), TAG_KIND: "invocation"}).info.run_id  # as Tracker.invocation opens it
+    tracker.log_params(parent, {"task": "train", "name": inv.manifest})
     with tracker.artifact_dir(parent) as tmp:
         (tmp / f"{inv.manifest}.{inv.profile}.resolved.yaml").write_text(
             f"name: {inv.manifest}\nseeds: {inv.seeds}\narms:\n" + "".join(f"- name: {a.name}\n" for a in inv.arms))
