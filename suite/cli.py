@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -18,10 +19,51 @@ def _manifests(folder: Path) -> list[Path]:
 
 def cmd_run(args) -> int:
     from suite.manifest import load_manifest, parse_set_options
-    from suite.runner import run_manifest
+    from suite.runner import preflight, run_manifest
 
     loaded = load_manifest(args.manifest, args.profile, parse_set_options(args.set)).subset(args.arm, args.seed)
-    run_manifest(loaded, args.results, progress=not args.no_progress)
+    if args.offline and args.launcher == "local":
+        from suite.bundles import new_bundle
+
+        os.environ["MLFLOW_TRACKING_URI"] = new_bundle(args.offline)  # this process's own bundle
+    if args.launcher == "local" or loaded.manifest.task != "train":
+        run_manifest(loaded, args.results, progress=not args.no_progress)
+        return 0
+    from suite.launch import Cluster, jobs_for, run_on_gpus, submit_to_slurm
+
+    preflight(loaded)  # a missing dataset fails once, here, not in every job
+    chosen = {a.name for a in loaded.arms}
+    planned = [(arm, seed) for arm, seed in loaded.jobs if arm in chosen and seed in loaded.manifest.seeds]
+    base = ["run", str(args.manifest), "--profile", args.profile, "--results", str(args.results), "--no-progress",
+            *[f"--set={s}" for s in args.set], *[f"--plugin={p}" for p in args.plugin],
+            *([f"--offline={args.offline}"] if args.offline else [])]
+    jobs = jobs_for(planned, base)
+    folder = args.results / "launch" / f"{loaded.manifest.name}.{loaded.profile}"
+    if args.launcher == "gpus":
+        return 1 if run_on_gpus(jobs, folder, gpus_per_job=args.gpus_per_job or 1, cpu_slots=args.cpu_slots) else 0
+    cluster = (loaded.manifest.cluster.model_dump() if loaded.manifest.cluster else {}) | {
+        k: v for k, v in dict(partition=args.partition, time_minutes=args.time, gpus_per_job=args.gpus_per_job,
+                              cpus_per_task=args.cpus_per_task, account=args.account).items() if v is not None}
+    submit_to_slurm(jobs, folder, Cluster(**cluster), executor=args.submitit_executor)
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from suite.manifest import load_manifest, parse_set_options
+    from suite.plan import plan
+
+    loaded = load_manifest(args.manifest, args.profile, parse_set_options(args.set)).subset(args.arm, args.seed)
+    plan(loaded, args.results, step_seconds=args.step_time, probe_batch=args.probe_batch)
+    return 0
+
+
+def cmd_import_runs(args) -> int:
+    from suite.bundles import import_bundles
+    from suite.tracking import Tracker
+
+    tracker = Tracker(args.results)
+    imported, present = import_bundles(args.bundles, tracker)
+    print(f"imported {imported} run(s) into {tracker.uri}; {present} were there already")
     return 0
 
 
@@ -93,13 +135,35 @@ def main(argv: list[str] | None = None) -> int:
 
     run = sub.add_parser("run", help="run a manifest (every arm and seed) through the shared trainer")
     run.add_argument("manifest", type=Path)
-    run.add_argument("--profile", default="paper", help="named profile of the manifest (default: paper)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a manifest field, e.g. --set recipe.epochs=3 (repeatable)")
-    run.add_argument("--arm", action="append", default=None, metavar="NAME", help="run only this arm (repeatable)")
-    run.add_argument("--seed", action="append", default=None, type=int, metavar="K",
-                     help="run only this seed (repeatable)")
+    run.add_argument("--launcher", choices=["local", "gpus", "submitit"], default="local",
+                     help="local: this process (default; under torchrun, all of its processes); gpus: every (arm, seed) "
+                          "as its own process on this machine's GPUs; submitit: a SLURM job array")
+    run.add_argument("--gpus-per-job", type=int, default=None, metavar="K",
+                     help="GPUs per job (gpus, submitit): K > 1 runs each job under torchrun")
+    run.add_argument("--cpu-slots", type=int, default=None, metavar="N", help="gpus launcher without GPUs: N CPU jobs")
+    run.add_argument("--partition", default=None, help="SLURM partition (submitit; else the profile's cluster block)")
+    run.add_argument("--time", type=int, default=None, metavar="MINUTES", help="SLURM time limit per job (submitit)")
+    run.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per GPU process (submitit)")
+    run.add_argument("--account", default=None, help="SLURM account (submitit)")
+    run.add_argument("--submitit-executor", choices=["slurm", "local", "debug"], default="slurm",
+                     help="submitit's executor: slurm, or its local / debug executors (tests, dry runs)")
+    run.add_argument("--offline", type=Path, default=None, metavar="DIR",
+                     help="track into a bundle under DIR instead of the store (for nodes that cannot reach it); "
+                          "merge bundles later with import-runs DIR")
     run.set_defaults(func=cmd_run)
+
+    pl = sub.add_parser("plan", help="every (arm, seed) job of a manifest: its state, steps left and estimated "
+                                     "device-hours (a short measured probe of the step on this device)")
+    pl.add_argument("manifest", type=Path)
+    pl.add_argument("--step-time", type=float, default=None, metavar="SECONDS",
+                    help="seconds per joint step at the manifest's batch, instead of the probe")
+    pl.add_argument("--probe-batch", type=int, default=None,
+                    help="images in the probe's batch (default: 32, or 8 for images above 64 pixels)")
+    pl.set_defaults(func=cmd_plan)
+
+    imp_runs = sub.add_parser("import-runs", help="merge the run bundles under DIR (run --offline) into the store")
+    imp_runs.add_argument("bundles", type=Path, metavar="DIR")
+    imp_runs.set_defaults(func=cmd_import_runs)
 
     lst = sub.add_parser("list", help="list the shipped experiment manifests")
     lst.add_argument("--experiments", type=Path, default=EXPERIMENTS)
@@ -129,9 +193,15 @@ def main(argv: list[str] | None = None) -> int:
                      help="allow arbitrary pickled objects in the file (only for files you trust)")
     imp.set_defaults(func=cmd_import_checkpoint)
 
+    for p in (run, pl):
+        p.add_argument("--profile", default="paper", help="named profile of the manifest (default: paper)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a manifest field, e.g. --set recipe.epochs=3 (repeatable)")
+        p.add_argument("--arm", action="append", default=None, metavar="NAME", help="only this arm (repeatable)")
+        p.add_argument("--seed", action="append", default=None, type=int, metavar="K", help="only this seed (repeatable)")
     for p in (run, quick):
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    for p in (run, rep, quick, imp):
+    for p in (run, rep, quick, imp, imp_runs, pl):
         p.add_argument("--results", type=Path, default=RESULTS, help="run store and MLflow database (default: results)")
     for p in (rep, quick):
         p.add_argument("--out", type=Path, default=REPORT, help=f"PDF path (default: {REPORT})")

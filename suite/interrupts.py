@@ -1,4 +1,5 @@
-"""SIGINT and SIGTERM (a scheduler's preemption, ``kill``) stop a run cleanly: inside the training loop the
+"""SIGINT, SIGTERM (``kill``, a scheduler's preemption) and SIGUSR2 (SLURM's warning before a time limit) stop a
+run cleanly: inside the training loop the
 current step finishes and a checkpoint is written first; anywhere else the stop is immediate. A second Ctrl-C
 stops at once. The runs are then closed as KILLED and the process exits non-zero; the same command resumes.
 
@@ -11,7 +12,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -113,6 +113,16 @@ class CheckpointSpec(_Strict):
     trusted: bool = Field(False, description="allow arbitrary pickled objects in the file (only for files you trust)")
 
 
+class ClusterSpec(_Strict):
+    """Where the submitit launcher runs each (arm, seed) job on SLURM; the command line overrides any of it."""
+
+    partition: str | None = None
+    time_minutes: int = Field(24 * 60, ge=10, description="wall-clock limit per job; a job requeues itself")
+    gpus_per_job: int = Field(1, ge=1, le=64)
+    cpus_per_task: int = Field(8, ge=1, le=512)
+    account: str | None = None
+
+
 class Arm(_Strict):
     name: str
     set: dict[str, Any] = Field(default_factory=dict, description="dotted overrides, e.g. method.options.selection")
@@ -140,6 +150,7 @@ class Manifest(_Strict):
     arms: list[Arm] = Field(default_factory=list)
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     tolerance: float | None = Field(None, description="top-1 points within which a reproduction agrees with the paper")
+    cluster: ClusterSpec | None = None
     pipeline_check: bool = Field(False, description="the runs only show that every arm runs end to end (too short "
                                  "to learn): the report draws no accuracy comparison from them")
 

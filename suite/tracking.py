@@ -22,6 +22,8 @@ from typing import Any, Iterator
 import torch
 from filelock import FileLock, Timeout
 
+from suite import interrupts
+
 
 TAG_KIND, TAG_KEY, TAG_OWNER = "suite.kind", "suite.run_key", "suite.owner"
 PARENT_TAG = "mlflow.parentRunId"
@@ -117,8 +119,11 @@ class Tracker:
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.locks = self.results_dir / "locks"
         if self.uri.startswith("sqlite:"):
-            # A new SQLite store migrates its schema on first use: one process at a time, or they race.
-            with FileLock(self.results_dir / ".mlflow.db.lock"):
+            self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)  # a bundle's folder (run --offline)
+        if self.uri.startswith("sqlite:"):
+            # A new SQLite store migrates its schema on first use: one process at a time, or they race; and a stop
+            # signal waits until it is done (an interrupted migration leaves a store no process can open).
+            with FileLock(self.sqlite_path.with_name(".mlflow.db.lock")), interrupts.deferred():
                 self.client = MlflowClient(tracking_uri=self.uri)
                 self.client.search_experiments(max_results=1)
         else:
@@ -128,7 +133,7 @@ class Tracker:
         """Close as KILLED every RUNNING run whose owning invocation is gone (its lock file is free); their ids.
 
         A process killed without a chance to clean up (SIGKILL, power loss) leaves its runs RUNNING."""
-        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        experiments = self.experiment_ids()
         if not experiments:
             return []
         closed, owners = [], {}
@@ -151,8 +156,15 @@ class Tracker:
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:"):  # keep artifacts beside the store, not in the working directory
-            location = (self.results_dir / "mlflow-artifacts" / name).resolve().as_uri()
+            location = (self.sqlite_path.parent / "mlflow-artifacts" / name).as_uri()
         return self.client.create_experiment(name, artifact_location=location)
+
+    def experiment_ids(self) -> list[str]:
+        return [e.experiment_id for e in self.client.search_experiments()]
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.uri.removeprefix("sqlite:///")).resolve()
 
     @contextmanager
     def invocation(self, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]) -> Iterator[str]:

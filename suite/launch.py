@@ -1,0 +1,186 @@
+"""Launchers: a manifest's (arm, seed) jobs on every GPU of this machine, or as a SLURM job array.
+
+Every job is the same command a user could type, restricted to one run (``--arm A --seed K``), so a job that
+fails or is stopped is simply run again and resumes from its checkpoints; a finished one is not run twice.
+
+- ``gpus``: jobs run concurrently, one per GPU (or ``gpus_per_job`` GPUs each, through torchrun), or in plain CPU
+  slots. A failed job does not stop the others; it is reported, and the next invocation resumes it.
+- ``submitit``: a SLURM job array through submitit, one task per (arm, seed), each on ``gpus_per_job`` GPUs of one
+  node. On preemption or timeout (SIGUSR2) the job finishes its step, checkpoints and requeues itself.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+PREEMPTION = signal.SIGUSR2  # what SLURM sends ahead of the time limit (submitit's --signal)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (arm, seed) of a manifest, and the ``suite`` command line that runs exactly it."""
+
+    arm: str
+    seed: int
+    argv: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm} seed {self.seed}"
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{self.arm}-seed{self.seed}")
+
+
+def jobs_for(planned: list[tuple[str, int]], base_argv: list[str]) -> list[Job]:
+    """One job per planned (arm, seed): ``base_argv`` (a ``run`` command without launcher options) plus the pair."""
+    return [Job(arm, seed, (*base_argv, "--arm", arm, "--seed", str(seed))) for arm, seed in planned]
+
+
+def torchrun_prefix(processes: int) -> list[str]:
+    """The interpreter command of a job: plain, or torchrun on this node with ``processes`` processes."""
+    if processes <= 1:
+        return [sys.executable, "-m", "suite"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+            "-m", "suite"]
+
+
+# ------------------------------------------------------------------------------------------------- local GPUs
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids this process may use (``CUDA_VISIBLE_DEVICES``, else every device torch sees)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [g for g in listed.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def run_on_gpus(jobs: list[Job], logs: Path, *, gpus_per_job: int = 1, cpu_slots: int | None = None,
+                echo: Callable[[str], None] = print) -> int:
+    """Run ``jobs`` concurrently: one slot of ``gpus_per_job`` GPUs each, or ``cpu_slots`` CPU slots when given
+    (no GPU). Each job's output goes to ``logs/<arm>-seed<k>.log``. Returns the number of failed jobs."""
+    if cpu_slots is not None:
+        slots = [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cpu_slots))}
+                 for _ in range(cpu_slots)]
+        processes = 1
+    else:
+        gpus = visible_gpus()
+        if len(gpus) < gpus_per_job:
+            raise RuntimeError(f"the gpus launcher needs {gpus_per_job} GPU(s) per job and sees {len(gpus)} "
+                               "(CUDA_VISIBLE_DEVICES); use --cpu-slots N to run on CPUs")
+        slots = [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i:i + gpus_per_job])}
+                 for i in range(0, len(gpus) - gpus_per_job + 1, gpus_per_job)]
+        processes = gpus_per_job
+    logs.mkdir(parents=True, exist_ok=True)
+    waiting, running, failed = list(jobs), {}, []
+    echo(f"{len(jobs)} job(s) on {len(slots)} slot(s); logs in {logs}")
+    while waiting or running:
+        for slot, env in enumerate(slots):
+            if slot not in running and waiting:
+                job = waiting.pop(0)
+                log = (logs / f"{job.slug}.log").open("a")
+                proc = subprocess.Popen([*torchrun_prefix(processes), *job.argv], stdout=log,
+                                        stderr=subprocess.STDOUT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"})
+                running[slot] = (job, proc, log)
+                echo(f"  started {job.name} (slot {slot}, {env['CUDA_VISIBLE_DEVICES'] or 'CPU'})")
+        time.sleep(0.2)
+        for slot, (job, proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                log.close()
+                del running[slot]
+                if proc.returncode:
+                    failed.append(job)
+                echo(f"  {'FAILED' if proc.returncode else 'done'} {job.name} (exit {proc.returncode}; "
+                     f"{logs / (job.slug + '.log')})")
+    if failed:
+        echo(f"{len(failed)} of {len(jobs)} job(s) failed: {', '.join(j.name for j in failed)}. Their logs say why; "
+             "run the same command again to resume them (finished runs are not run again).")
+    return len(failed)
+
+
+# ----------------------------------------------------------------------------------------------------- SLURM
+
+
+@dataclass
+class SuiteJob:
+    """What one SLURM task runs: the suite's command line for one (arm, seed), under submitit.
+
+    With several tasks (GPUs) per job it joins them as one torch.distributed group. On SIGUSR2 the suite finishes
+    its step and checkpoints (it handles the signal itself), then submitit's own handler requeues the job, which
+    resumes from that checkpoint.
+    """
+
+    argv: tuple[str, ...]
+
+    def __call__(self) -> int:
+        import submitit
+
+        from suite.cli import main
+
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            os.environ["LOCAL_RANK"] = str(env.local_rank)
+        requeue = signal.getsignal(PREEMPTION)  # submitit's checkpoint-and-requeue handler
+        code = main(list(self.argv))
+        if code == 128 + PREEMPTION and callable(requeue):
+            requeue(PREEMPTION, None)  # checkpoint() below, requeue, exit
+        if code:
+            raise RuntimeError(f"suite {shlex.join(self.argv)} exited with code {code}")
+        return code
+
+    def checkpoint(self):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self)  # the same command: it resumes from its checkpoints
+
+
+@dataclass
+class Cluster:
+    """Where SLURM runs each job (CLI options or the profile's ``cluster`` block)."""
+
+    partition: str | None = None
+    time_minutes: float = 60 * 24
+    gpus_per_job: int = 1
+    cpus_per_task: int = 8
+    account: str | None = None
+    signal_delay_s: int = 180  # SIGUSR2 this long before the time limit: time to finish a step and checkpoint
+    max_requeues: int = 10  # a job stopped this often by its time limit fails instead of requeueing
+
+
+def submit_to_slurm(jobs: list[Job], folder: Path, cluster: Cluster, *, executor: str = "slurm",
+                    echo: Callable[[str], None] = print) -> list:
+    """Submit ``jobs`` as one array (``executor``: slurm, or submitit's local / debug executors, which run them on
+    this machine: for testing). Returns the submitit jobs."""
+    import submitit
+
+    tasks = dict(tasks_per_node=cluster.gpus_per_job, timeout_min=cluster.time_minutes)
+    if executor == "slurm":
+        ex = submitit.AutoExecutor(folder=folder, slurm_max_num_timeout=cluster.max_requeues)
+        ex.update_parameters(**tasks, timeout_min=int(cluster.time_minutes), nodes=1, name="suite",
+                             gpus_per_node=cluster.gpus_per_job, cpus_per_task=cluster.cpus_per_task,
+                             slurm_signal_delay_s=cluster.signal_delay_s,
+                             **{f"slurm_{k}": v for k, v in (("partition", cluster.partition),
+                                                             ("account", cluster.account)) if v})
+    elif executor == "local":
+        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=cluster.max_requeues)
+        ex.update_parameters(**tasks, signal_delay_s=cluster.signal_delay_s)
+    else:
+        ex = submitit.DebugExecutor(folder=folder)
+    with ex.batch():
+        submitted = [ex.submit(SuiteJob(job.argv)) for job in jobs]
+    for job, handle in zip(jobs, submitted):
+        echo(f"  submitted {job.name}: job {handle.job_id}")
+    echo(f"{len(jobs)} job(s) submitted; logs and state in {folder}")
+    return submitted
