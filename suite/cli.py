@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
@@ -22,12 +21,11 @@ def cmd_run(args) -> int:
     from suite.runner import preflight, run_manifest
 
     loaded = load_manifest(args.manifest, args.profile, parse_set_options(args.set)).subset(args.arm, args.seed)
-    if args.offline and args.launcher == "local":
+    if args.launcher == "local" or loaded.manifest.task != "train":
         from suite.bundles import new_bundle
 
-        os.environ["MLFLOW_TRACKING_URI"] = new_bundle(args.offline)  # this process's own bundle
-    if args.launcher == "local" or loaded.manifest.task != "train":
-        run_manifest(loaded, args.results, progress=not args.no_progress)
+        run_manifest(loaded, args.results, progress=not args.no_progress,
+                     tracking=new_bundle(args.offline) if args.offline else None)  # --offline: this process's bundle
         return 0
     from suite.launch import Cluster, jobs_for, run_on_gpus, submit_to_slurm
 

@@ -108,8 +108,9 @@ def preflight(loaded: LoadedManifest, dist: Distributed = SINGLE) -> dict:
 
 
 def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = True,
-                 echo: Callable[[str], None] = print) -> pd.DataFrame:
-    """Run every (arm, seed) not already finished; returns one row per (arm, seed, bit-width).
+                 echo: Callable[[str], None] = print, tracking: str | None = None) -> pd.DataFrame:
+    """Run every (arm, seed) not already finished; returns one row per (arm, seed, bit-width). ``tracking``: the
+    tracking URI (default: ``MLFLOW_TRACKING_URI``, else the SQLite store in ``results_dir``).
 
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this: training runs are shared by all of them, the
     other tasks run on rank 0 alone.
@@ -123,7 +124,7 @@ def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = 
             for seed in m.seeds:
                 _train_run(inv, arm, seed)
         return pd.DataFrame()
-    tracker = Tracker(results_dir)
+    tracker = Tracker(results_dir, tracking)
     for run_id in tracker.close_orphans():
         echo(f"closed run {run_id} as KILLED: the process running it is gone")
     experiment = tracker.experiment_id(m.experiment_name)

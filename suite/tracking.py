@@ -110,11 +110,12 @@ def lock_is_free(path: Path) -> bool:
 
 
 class Tracker:
-    def __init__(self, results_dir: Path):
+    def __init__(self, results_dir: Path, uri: str | None = None):
+        """The store at ``uri`` (default: ``MLFLOW_TRACKING_URI``, else ``results_dir/mlflow.db``)."""
         from mlflow.tracking import MlflowClient
 
         self.results_dir = Path(results_dir)
-        self.uri = tracking_uri(self.results_dir)
+        self.uri = uri or tracking_uri(self.results_dir)
         check_store(self.uri)
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.locks = self.results_dir / "locks"

@@ -1,0 +1,152 @@
+"""Launchers, offline bundles and the plan: each job is the same command a user would type for one (arm, seed)."""
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from helpers import copy_store
+from suite.cli import main
+from suite.launch import Cluster, jobs_for, submit_to_slurm
+from suite.manifest import load_manifest
+from suite.layers.norms import PerBitBatchNorm
+from suite.losses import labels_only
+from suite.methods import Method, Trainable
+from suite.methods.common import weight_groups
+from suite.models import create_model
+from suite.layers.dorefa import DoReFaConv
+from suite.tracking import tracking_uri
+
+TESTS = Path(__file__).resolve().parent
+MANIFEST = {
+    "name": "tiny_launch", "version": 1, "title": "launched jobs", "paper": {"ref": "none"},
+    "data": {"dataset": "digits", "image_size": 8, "train_limit": 192, "val_limit": 96},
+    "model": {"arch": "resnet8"}, "method": {"name": "mbquant", "bits": [2, 4]},
+    "recipe": {"epochs": 2, "batch_size": 32, "steps_per_epoch": 4, "eval_batch_size": 96},
+    "seeds": [0], "profiles": {"paper": {}},
+}
+
+
+def write_manifest(folder: Path, **changes) -> Path:
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**MANIFEST, **changes}))
+    return path
+
+
+def finished_runs(results: Path) -> dict[str, str]:
+    client = MlflowClient(tracking_uri(results))
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`suite.kind` = 'arm-run'")
+    return {r.data.tags["suite.arm"]: r.info.status for r in runs}
+
+
+# -- a method that fails once: what a crashed job looks like --------------------------------------------------------
+
+@dataclass
+class FlakyOptions:
+    __pydantic_config__ = {"extra": "forbid"}
+    marker: str = ""
+
+
+def build_flaky(arch, num_classes, bits, options):
+    """Fails the first time (leaving ``marker``), then trains like any single-branch method."""
+    if not Path(options.marker).exists():
+        Path(options.marker).touch()
+        raise RuntimeError("the planned failure of a flaky job")
+    model = create_model(arch, num_classes=num_classes, bits=bits, conv=DoReFaConv, norm=partial(PerBitBatchNorm, bits=bits))
+    return Trainable(model, list(bits), labels_only, partial(weight_groups, model))
+
+
+METHOD = Method("flaky", FlakyOptions, build_flaky)
+
+
+@pytest.mark.slow
+def test_gpus_launcher_runs_jobs_in_parallel_slots_and_a_failed_job_resumes_on_the_next_run(
+        tmp_path, empty_store, monkeypatch, capsys):
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the jobs import this file as the flaky method's plugin
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    manifest = write_manifest(tmp_path, arms=[
+        {"name": "mbquant"}, {"name": "flaky", "set": {"method.name": "flaky", "method.bits": [2, 4],
+                                                        "method.options": {"marker": str(tmp_path / "failed-once")}}}])
+    results = copy_store(empty_store, tmp_path / "results")
+    argv = ["run", str(manifest), "--results", str(results), "--launcher", "gpus", "--cpu-slots", "2",
+            "--plugin", "test_launch"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "2 job(s) on 2 slot(s)" in out and "FAILED flaky seed 0" in out and "done mbquant seed 0" in out
+    assert "1 of 2 job(s) failed: flaky seed 0" in out and "run the same command again to resume" in out
+    log = (results / "launch" / "tiny_launch.paper" / "flaky-seed0.log").read_text()
+    assert "the planned failure of a flaky job" in log
+    assert finished_runs(results) == {"mbquant": "FINISHED", "flaky": "FAILED"}
+
+    assert main(argv) == 0
+    assert "done flaky seed 0" in capsys.readouterr().out
+    assert "finished earlier" in (results / "launch" / "tiny_launch.paper" / "mbquant-seed0.log").read_text()
+    assert finished_runs(results) == {"mbquant": "FINISHED", "flaky": "FINISHED"}
+
+
+@pytest.mark.slow
+def test_submitit_job_checkpoints_on_its_time_signal_requeues_and_finishes(tmp_path, empty_store, monkeypatch):
+    """submitit's local executor, as SLURM would do it: SIGUSR2 ahead of the time limit, then a requeue."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    manifest = write_manifest(tmp_path, recipe={**MANIFEST["recipe"], "epochs": 8, "steps_per_epoch": 6})
+    results = copy_store(empty_store, tmp_path / "results")
+    jobs = jobs_for([("mbquant", 0)], ["run", str(manifest), "--results", str(results), "--no-progress"])
+    # A 40 s limit with the signal 25 s ahead: every attempt gets ~15 s, start-up included, before it must stop
+    # (the local executor restarts a job at most 6 times).
+    (job,) = submit_to_slurm(jobs, tmp_path / "slurm", Cluster(time_minutes=40 / 60, signal_delay_s=25),
+                             executor="local")
+    assert job.result() == 0
+    out, err = job.stdout(), job.stderr()
+    assert "Requeued job" in out and "stopped by SIGUSR2" in err and "resuming" in out
+    assert finished_runs(results) == {"mbquant": "FINISHED"}
+
+
+def test_offline_bundles_merge_into_the_store_once(tmp_path, empty_store, capsys):
+    manifest, bundles = write_manifest(tmp_path), tmp_path / "bundles"
+    assert main(["run", str(manifest), "--results", str(tmp_path / "node"), "--offline", str(bundles),
+                 "--no-progress"]) == 0
+    assert not (tmp_path / "node" / "mlflow.db").exists() and len(list(bundles.glob("*/mlflow.db"))) == 1
+    central = copy_store(empty_store, tmp_path / "central")
+    assert main(["import-runs", str(bundles), "--results", str(central)]) == 0
+    assert "imported 2 run(s)" in capsys.readouterr().out  # the invocation and its (arm, seed) run
+    assert main(["import-runs", str(bundles), "--results", str(central)]) == 0
+    out = capsys.readouterr().out
+    assert "imported 0 run(s)" in out and "2 were there already" in out
+
+    client = MlflowClient(tracking_uri(central))
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`suite.kind` = 'arm-run'")
+    (source,) = MlflowClient(f"sqlite:///{next(bundles.glob('*/mlflow.db'))}").search_runs(
+        ["1"], "tags.`suite.kind` = 'arm-run'")
+    assert run.info.status == "FINISHED" and run.data.metrics == source.data.metrics
+    assert run.data.params == source.data.params
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])  # the parent link points inside the store
+    assert parent.data.tags["suite.kind"] == "invocation"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1_b2")] == [0, 1]
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"history.csv", "final_metrics.csv"}
+
+
+def test_plan_reads_each_jobs_state_and_prices_what_is_left(tmp_path, results_dir, capsys):
+    manifest = write_manifest(tmp_path, seeds=[0, 1])
+    assert main(["run", str(manifest), "--results", str(results_dir), "--seed", "0", "--no-progress"]) == 0
+    # Seed 1 stopped after its first epoch of 4 steps: the plan reads the checkpoint's name, not its content.
+    run_dirs = {seed: results_dir / "runs" / "resnet8-mbquant" / f"{load_manifest(manifest).arms[0].run_key(seed)}-seed{seed}"
+                for seed in (0, 1)}
+    run_dirs[1].mkdir(parents=True)
+    (run_dirs[1] / "last-0000000004.pt").touch()
+    other = tmp_path / "other.yaml"  # the same runs, planned from another manifest
+    other.write_text(yaml.safe_dump({**MANIFEST, "name": "other", "seeds": [0, 1]}))
+
+    def planned() -> dict[str, str]:
+        capsys.readouterr()
+        assert main(["plan", str(other), "--results", str(results_dir), "--step-time", "2.0"]) == 0
+        out = capsys.readouterr().out
+        assert "2.0 s per step (given)" in out and "total:" in out
+        return {line.split()[1]: line for line in out.splitlines()[2:4]}
+
+    lines = planned()
+    assert "finished" in lines["0"] and f"{0:>11,}" in lines["0"]  # its run directory holds the result
+    assert "resumable at epoch 2" in lines["1"] and f"{4:>11,}" in lines["1"]  # 8 steps, 4 done
+    (run_dirs[0] / "result.json").unlink()  # only the tracking store knows it now
+    assert "reused from tiny_launch" in planned()["0"]
