@@ -1,11 +1,17 @@
-"""Command line: ``python -m suite {run,list,report,quickstart}`` (also installed as ``suite``)."""
+"""Command line: ``python -m suite {run,plan,list,report,quickstart,import-checkpoint,import-runs}`` (also
+installed as ``suite``)."""
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
+
+# Before torch loads: idle OpenMP threads sleep instead of spinning, so a process sharing the machine with another
+# busy one does not slow to a crawl (the quantizers' many small operations each open a parallel region).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 EXPERIMENTS = Path("experiments")
 RESULTS = Path("results")

@@ -7,6 +7,7 @@ configuration: an identical run that finished, in this manifest or another, is r
 from __future__ import annotations
 
 import json
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,11 @@ def configured_trainable(cfg: Manifest, classes: int) -> Trainable:
 def tag_key(text: str) -> str:
     """An MLflow tag key from free text (arm names): characters MLflow refuses in keys become '_'."""
     return re.sub(r"[^\w\-. :/]", "_", text)
+
+
+def metric_key(text: str) -> str:
+    """A readable MLflow metric key from an arm name: spaces and other characters become '_'."""
+    return re.sub(r"[^\w\-.]+", "_", text).strip("_")
 
 
 def manifest_tags(loaded: LoadedManifest) -> dict[str, str]:
@@ -149,7 +155,25 @@ def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = 
                     rows += _train_run(inv, arm, seed)
         if m.task == "costs":
             _report_costs(inv, pd.DataFrame(rows))
+        else:
+            _summarize(inv, pd.DataFrame(rows))
     return pd.DataFrame(rows)
+
+
+def _summarize(inv: Invocation, rows: pd.DataFrame) -> None:
+    """Per arm and bit-width, the final top-1 averaged over this invocation's seeds, on the parent run: metrics
+    ``<arm>.top1_b<b>`` (and ``.top1_mean``) and a table ``summary.csv``, so one row of MLflow's runs table shows
+    the experiment's result."""
+    rows = rows.dropna(subset=["top1"]) if not rows.empty else rows
+    if rows.empty:
+        return
+    table = rows.groupby(["arm", "bits"], sort=False)["top1"].agg(["count", "mean", "std"]).reset_index()
+    table.columns = ["arm", "bits", "seeds", "top1_mean", "top1_sd"]
+    metrics = {f"{metric_key(r.arm)}.top1_b{r.bits}": r.top1_mean for r in table.itertuples()}
+    metrics |= {f"{metric_key(arm)}.top1_mean": v for arm, v in table.groupby("arm", sort=False)["top1_mean"].mean().items()}
+    inv.tracker.log_metrics(inv.parent, metrics, 0)
+    with inv.tracker.artifact_dir(inv.parent) as tmp:
+        table.to_csv(tmp / "summary.csv", index=False)
 
 
 @contextmanager
@@ -191,6 +215,8 @@ def _train_run(inv: Invocation, arm: ResolvedArm, seed: int) -> list[dict]:
 def _fit(inv: Invocation, arm: ResolvedArm, seed: int, run_dir: Path, log=None):
     """What every rank runs for one training run: its share of the data, the method, the trainer."""
     cfg = arm.config
+    if cfg.recipe.compile:  # compiled graphs cached beside the runs: a resumed run does not compile from scratch
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inv.results_dir.resolve() / "compile-cache"))
     seed_everything(seed)
     data = build_data(cfg.data, cfg.recipe.batch_size, seed, cfg.recipe.eval_batch_size, rank=inv.dist.rank,
                       world_size=inv.dist.world_size)

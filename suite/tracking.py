@@ -28,6 +28,10 @@ from suite import interrupts
 TAG_KIND, TAG_KEY, TAG_OWNER = "suite.kind", "suite.run_key", "suite.owner"
 PARENT_TAG = "mlflow.parentRunId"
 PROBE_TIMEOUT_S = 5
+# A run's end results (not per-epoch series): what a reuse record carries over.
+FINAL_METRICS = ("final_", "best_epoch", "storage_", "macs_", "bitops_", "fp_macs_")
+# Experiments open on MLflow's runs table (its "machine learning" view) rather than its GenAI traces view.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class StoreError(RuntimeError):
@@ -154,11 +158,14 @@ class Tracker:
     def experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if not set(EXPERIMENT_KIND) <= set(exp.tags):  # created by an earlier version of the suite
+                for key, value in EXPERIMENT_KIND.items():
+                    self.client.set_experiment_tag(exp.experiment_id, key, value)
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:"):  # keep artifacts beside the store, not in the working directory
             location = (self.sqlite_path.parent / "mlflow-artifacts" / name).as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
 
     def experiment_ids(self) -> list[str]:
         return [e.experiment_id for e in self.client.search_experiments()]
@@ -198,14 +205,22 @@ class Tracker:
 
     def record_reuse(self, previous, experiment_id: str, parent_id: str, name: str, tags: dict[str, str],
                      metrics: dict[str, float]) -> str:
-        """A finished run in this experiment that reports an identical run that trained elsewhere (``previous``,
-        an original, not a record), with the ``metrics`` of that run it carries over."""
-        run = self.client.create_run(experiment_id, run_name=name, tags={
+        """A finished run in this experiment that stands for an identical run that trained elsewhere (``previous``,
+        an original, not a record): named and described as a reuse, pointing at that run and its artifacts,
+        carrying its final ``metrics`` only (no per-epoch series: nothing was trained here)."""
+        source = previous.info
+        experiment = self.client.get_experiment(source.experiment_id).name
+        note = (f"**Reuse record**: no training happened here. An identical configuration (run key "
+                f"`{previous.data.tags[TAG_KEY]}`) finished in experiment **{experiment}** as run "
+                f"[{source.run_id}](#/experiments/{source.experiment_id}/runs/{source.run_id}); its final metrics are "
+                f"copied here. Its training curves and artifacts are there: {source.artifact_uri}")
+        run = self.client.create_run(experiment_id, run_name=f"{name} (reused)", tags={
             **tags, TAG_KIND: previous.data.tags[TAG_KIND], TAG_KEY: previous.data.tags[TAG_KEY],
-            PARENT_TAG: parent_id, "suite.reused_from": previous.info.run_id,
+            PARENT_TAG: parent_id, "suite.reused_from": source.run_id, "suite.reused_from_experiment": experiment,
+            "suite.reused_artifacts": source.artifact_uri, "mlflow.note.content": note,
         })
         self.log_params(run.info.run_id, previous.data.params)
-        self.log_metrics(run.info.run_id, metrics, 0)
+        self.log_metrics(run.info.run_id, {k: v for k, v in metrics.items() if k.startswith(FINAL_METRICS)}, 0)
         self.finish(run.info.run_id)
         return run.info.run_id
 

@@ -64,11 +64,17 @@ def training_forward(model: nn.Module, recipe: Recipe) -> Callable[[torch.Tensor
     return torch.compile(model) if recipe.compile else model
 
 
+def autocast_dtype(recipe: Recipe) -> torch.dtype | None:
+    return torch.bfloat16 if recipe.precision == "bf16" else None
+
+
 def train_step(trainable: Trainable, forward: Callable[[torch.Tensor], torch.Tensor],
-               optimizers: list[torch.optim.Optimizer], x: torch.Tensor, y: torch.Tensor) -> dict[int, torch.Tensor]:
+               optimizers: list[torch.optim.Optimizer], x: torch.Tensor, y: torch.Tensor,
+               precision: torch.dtype | None = None) -> dict[int, torch.Tensor]:
     """One joint step: every bit-width on ``(x, y)``, largest first, each backward into the shared gradients, then
-    every optimiser steps. ``forward`` is the model or a wrapper of it (compiled, DDP). Returns the detached
-    losses by bit-width, left on the device (no host synchronisation)."""
+    every optimiser steps. ``forward`` is the model or a wrapper of it (compiled, DDP); ``precision``: the autocast
+    dtype of the forwards, if any. Returns the detached losses by bit-width, left on the device (no host
+    synchronisation)."""
     for o in optimizers:
         o.zero_grad(set_to_none=True)
     earlier: list[torch.Tensor] = []
@@ -77,8 +83,9 @@ def train_step(trainable: Trainable, forward: Callable[[torch.Tensor], torch.Ten
     for i, b in enumerate(reversed(trainable.bits)):
         trainable.model.set_bits(b)
         with skip_sync() if skip_sync is not None and i < len(trainable.bits) - 1 else nullcontext():
-            logits = forward(x)
-            loss = trainable.loss(logits, y, earlier)
+            with torch.autocast(x.device.type, dtype=precision, enabled=precision is not None):
+                logits = forward(x)
+                loss = trainable.loss(logits, y, earlier)
             loss.backward()
         earlier.append(logits.detach())
         losses[b] = loss.detach()
@@ -279,7 +286,7 @@ def fit(
         with interrupts.deferred():
             for x, y in tqdm(_to(device, batches), total=total, initial=state.step, leave=False,
                              disable=not progress or not dist.main, desc=f"epoch {epoch + 1}/{recipe.epochs}"):
-                for b, loss in train_step(trainable, forward, optimizers, x, y).items():
+                for b, loss in train_step(trainable, forward, optimizers, x, y, autocast_dtype(recipe)).items():
                     loss_sums[b] += loss
                 state.step, state.steps_done = state.step + 1, state.steps_done + 1
                 if dist.any(interrupts.requested() is not None):  # every rank stops after the same step
