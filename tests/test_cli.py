@@ -82,6 +82,11 @@ def test_smoke_run_is_tracked_in_mlflow(smoke_run):
     assert {"resolved_manifest.yaml", "final_metrics.csv", "training_curves.png", "history.csv"} <= artifacts
     parent = client.get_run(tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED" and parent.data.tags["suite.kind"] == "invocation"
+    # One row of the runs table shows the result: per arm, the final top-1 averaged over seeds.
+    assert parent.data.metrics["mbquant.top1_b4"] == run.data.metrics["final_top1_b4"]
+    assert "summary.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs table
 
 
 @pytest.mark.e2e
@@ -139,6 +144,12 @@ def test_identical_run_of_another_manifest_is_reused_not_retrained(fig3_store, t
     original = client.get_run(reused[0].data.tags["suite.reused_from"])
     assert original.data.tags["suite.manifest"] == "table3_cifar100_resnet20_2468"
     assert reused[0].data.metrics["final_top1_b4"] == original.data.metrics["final_top1_b4"]
+    # Unmistakably a reuse: named and described so, pointing at the run and its artifacts, no training curve.
+    assert reused[0].info.run_name.endswith("(reused)")
+    assert "Reuse record" in reused[0].data.tags["mlflow.note.content"] and original.info.run_id in \
+        reused[0].data.tags["mlflow.note.content"]
+    assert reused[0].data.tags["suite.reused_artifacts"].endswith(f"{original.info.run_id}/artifacts")
+    assert not any(k.startswith(("val_", "train_")) for k in reused[0].data.metrics)
 
 
 @pytest.mark.e2e
