@@ -16,6 +16,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 EXPERIMENTS = Path("experiments")
 RESULTS = Path("results")
 REPORT = Path("reports/report.pdf")
+# MLflow's runs table (its "Model training" view; the UI otherwise opens on its GenAI traces view)
+UI_URL = "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 
 
 def _manifests(folder: Path) -> list[Path]:
@@ -106,8 +108,10 @@ def cmd_quickstart(args) -> int:
         run_manifest(manifest, args.results, progress=not args.no_progress)
     pages = build_report(args.results, args.out, args.references)
     print(f"quickstart: {len(loaded)} manifest(s) at profile {args.profile!r} in "
-          f"{time.perf_counter() - started:.0f} s; report {args.out} ({pages} pages); "
-          f"browse the runs with: mlflow ui --backend-store-uri sqlite:///{args.results / 'mlflow.db'}")
+          f"{time.perf_counter() - started:.0f} s; report {args.out.resolve()} ({pages} pages)\n"
+          f"browse the runs: {Path(sys.executable).with_name('mlflow')} ui --backend-store-uri "
+          f"sqlite:///{(args.results / 'mlflow.db').resolve()} --port 5000\n"
+          f"  then open {UI_URL}")
     return 0
 
 

@@ -174,6 +174,12 @@ def _summarize(inv: Invocation, rows: pd.DataFrame) -> None:
     inv.tracker.log_metrics(inv.parent, metrics, 0)
     with inv.tracker.artifact_dir(inv.parent) as tmp:
         table.to_csv(tmp / "summary.csv", index=False)
+    wide = table.pivot(index="arm", columns="bits", values="top1_mean").reindex(table["arm"].unique())
+    bits = list(wide.columns)
+    lines = [f"Final top-1 (%) per arm, mean over this invocation's seeds ({inv.tags.get('suite.scale')}):", "",
+             "| arm | " + " | ".join(f"{b}-bit" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
+    lines += [f"| {arm} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for arm, row in wide.iterrows()]
+    inv.tracker.set_tags(inv.parent, {"mlflow.note.content": "\n".join(lines)})
 
 
 @contextmanager
