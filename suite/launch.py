@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from suite.cli import main as suite_main
+
 PREEMPTION = signal.SIGUSR2  # what SLURM sends ahead of the time limit (submitit's --signal)
 
 
@@ -126,14 +128,12 @@ class SuiteJob:
     def __call__(self) -> int:
         import submitit
 
-        from suite.cli import main
-
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             os.environ["LOCAL_RANK"] = str(env.local_rank)
         requeue = signal.getsignal(PREEMPTION)  # submitit's checkpoint-and-requeue handler
-        code = main(list(self.argv))
+        code = suite_main(list(self.argv))
         if code == 128 + PREEMPTION and callable(requeue):
             requeue(PREEMPTION, None)  # checkpoint() below, requeue, exit
         if code:
@@ -167,8 +167,8 @@ def submit_to_slurm(jobs: list[Job], folder: Path, cluster: Cluster, *, executor
 
     tasks = dict(tasks_per_node=cluster.gpus_per_job, timeout_min=cluster.time_minutes)
     if executor == "slurm":
-        ex = submitit.AutoExecutor(folder=folder, slurm_max_num_timeout=cluster.max_requeues)
-        ex.update_parameters(**tasks, timeout_min=int(cluster.time_minutes), nodes=1, name="suite",
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cluster.max_requeues)
+        ex.update_parameters(**{**tasks, "timeout_min": int(cluster.time_minutes)}, nodes=1, name="suite",
                              gpus_per_node=cluster.gpus_per_job, cpus_per_task=cluster.cpus_per_task,
                              slurm_signal_delay_s=cluster.signal_delay_s,
                              **{f"slurm_{k}": v for k, v in (("partition", cluster.partition),

@@ -1,4 +1,5 @@
 """Launchers, offline bundles and the plan: each job is the same command a user would type for one (arm, seed)."""
+import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -150,3 +151,22 @@ def test_plan_reads_each_jobs_state_and_prices_what_is_left(tmp_path, results_di
     assert "resumable at epoch 2" in lines["1"] and f"{4:>11,}" in lines["1"]  # 8 steps, 4 done
     (run_dirs[0] / "result.json").unlink()  # only the tracking store knows it now
     assert "reused from tiny_launch" in planned()["0"]
+
+
+def test_slurm_array_asks_for_what_the_cluster_block_says(tmp_path, monkeypatch):
+    """The sbatch script of a real SLURM submission (sbatch and srun stand-ins on PATH record what they are given)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/script\necho "Submitted batch job 4242"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    jobs = jobs_for([("mbquant", 0), ("mbquant", 1)], ["run", "tiny.yaml"])
+    handles = submit_to_slurm(jobs, tmp_path / "slurm", Cluster(partition="gpu", time_minutes=90.5, gpus_per_job=2,
+                                                                account="lab"), echo=lambda _: None)
+    assert [h.job_id for h in handles] == ["4242_0", "4242_1"]
+    script = (tmp_path / "script").read_text()
+    for line in ("--array=0-1", "--partition=gpu", "--account=lab", "--time=90", "--gpus-per-node=2",
+                 "--ntasks-per-node=2", "--signal=USR2@180", "--nodes=1"):
+        assert f"#SBATCH {line}" in script
