@@ -15,9 +15,10 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from suite.layers.base import FP_BITS, SingleBranchConv
-from suite.layers.quant import discretize
+from suite.layers.quant import clamp_blocked, dot, round_to_levels_
 
 STEP_FLOOR = 1e-8
 STEP_NAMES = ("w_step", "a_step")
@@ -29,17 +30,42 @@ def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
     return (x - y).detach() + y
 
 
+class _LSQ(torch.autograd.Function):
+    """``(discretize((clamp(v / s, -qn, qp) + qn) / span, span + 1) * span - qn) * s``, ``span = qn + qp``.
+
+    Backward of that graph (rounding straight-through), with ``g`` the incoming gradient:
+    ``dv = ((g * s) * span / span) / s`` where the clamp passes (else 0), as autograd chains it, and
+    ``ds = sum(g * out / s) - sum over the passing elements of g * v / s = (sum(g * out) - sum(dv * v)) / s``.
+    The clamp mask is saved from the forward (recomputing ``v / s`` would need a float temporary).
+    """
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, s: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
+        span = qn + qp
+        t = v / s
+        blocked = clamp_blocked(t, -qn, qp)
+        out = round_to_levels_(t.clamp_(-qn, qp).add_(qn).div_(span), span + 1).mul_(span).sub_(qn).mul_(s)
+        ctx.span = span
+        ctx.save_for_backward(v, s, blocked, out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        v, s, blocked, out = ctx.saved_tensors
+        grad_v = torch.mul(grad, s).mul_(ctx.span).div_(ctx.span).masked_fill_(blocked, 0).div_(s)
+        grad_s = (dot(grad, out) - dot(grad_v, v)) / s if ctx.needs_input_grad[1] else None
+        return grad_v, grad_s, None, None
+
+
 def lsq_quantize(v: torch.Tensor, step: torch.Tensor, qn: int, qp: int, numel: int) -> torch.Tensor:
     """``round(clamp(v/s, -qn, qp)) * s`` with straight-through rounding and LSQ gradient scaling of ``s``.
 
-    The rounding goes through ``discretize`` on the unit interval: ``(t + qn) / (qn + qp)`` snapped onto
-    ``qn + qp + 1`` levels. Gradients: d/dv = 1 inside the range, 0 outside; d/ds = round(v/s) - v/s inside,
+    The rounding snaps ``(t + qn) / (qn + qp)`` onto ``qn + qp + 1`` levels of the unit interval, as
+    ``discretize`` does. Gradients: d/dv = 1 inside the range, 0 outside; d/ds = round(v/s) - v/s inside,
     -qn / qp outside (times g), exactly LSQ.
     """
-    s = grad_scale(step, 1.0 / math.sqrt(numel * qp))
-    t = torch.clamp(v / s, -qn, qp)
-    span = qn + qp
-    return (discretize((t + qn) / span, span + 1) * span - qn) * s
+    return _LSQ.apply(v, grad_scale(step, 1.0 / math.sqrt(numel * qp)), qn, qp)
 
 
 def weight_range(bits: int) -> tuple[int, int]:
