@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from suite.layers import adabits, dorefa, learned_bounds, lsq, multibranch
+from suite.layers import adabits, dorefa, learned_bounds, lsq, multibranch, quant
 from suite.layers.adabits import AdaBitsConv, pact_quantize
 from suite.layers.base import FP_BITS
 from suite.layers.dorefa import DoReFaConv
@@ -357,3 +357,18 @@ def test_model_step_matches_the_reference_quantizers(monkeypatch, name, bits, op
             assert (grads[n] - ref_grads[n]).norm() <= MODEL_RTOL * ref_grads[n].norm(), n
         else:
             assert torch.equal(grads[n], ref_grads[n]), n
+
+
+@pytest.mark.parametrize("inclusive", [False, True])
+def test_clamp_backward_is_clamps_gradient(monkeypatch, inclusive):
+    """The mask helper against torch's own clamp backward, into a fresh tensor and in place; with the rule of
+    older torch releases (gradient passed on the bounds too) on the fallback path."""
+    v = torch.tensor([-1.0, 0.0, 0.25, 1.0, 2.0] * 7)  # 35: vectorized body and scalar tail
+    g = torch.randn_like(v)
+    expected = run(torch.clamp, [v], g, min=0, max=1)[1][0]
+    if inclusive != quant.CLAMP_GRAD_AT_BOUNDS:
+        monkeypatch.setattr(quant, "CLAMP_GRAD_AT_BOUNDS", inclusive)
+        expected = torch.where((v >= 0) & (v <= 1) if inclusive else (v > 0) & (v < 1), g, 0)
+    assert torch.equal(quant.clamp_backward(g, v, 0, 1), expected)
+    buf = v.clone()
+    assert quant.clamp_backward(g, buf, 0, 1, out=buf) is buf and torch.equal(buf, expected)

@@ -76,6 +76,7 @@ class _PACT(torch.autograd.Function):
     Backward of that graph (rounding straight-through): ``dx = (g * alpha) / alpha`` where ``0 < x < alpha``
     (else 0); ``dalpha = sum(g * q) - sum over 0 < x < alpha of g * x / alpha`` (the clipped elements' terms
     through the clip and through ``/ alpha`` cancel), i.e. ``(sum(g * out) - sum(dx * x)) / alpha``.
+    Saves ``x`` and the output (alive anyway); the backward allocates one tensor, ``dx``.
     """
 
     @staticmethod
@@ -90,8 +91,11 @@ class _PACT(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, alpha, out = ctx.saved_tensors
-        blocked = torch.lt(x, alpha).logical_and_(torch.gt(x, 0)).logical_not_()
-        grad_x = torch.mul(grad, alpha).div_(alpha).masked_fill_(blocked, 0)
+        # min(x, alpha) / alpha < 1 exactly where x < alpha (a NaN x: inf, blocked like the where blocks it)
+        buf = torch.clamp(x, max=alpha).nan_to_num_(nan=math.inf).div_(alpha)
+        torch.ops.aten.hardtanh_backward.grad_input(grad, buf, -math.inf, 1, grad_input=buf)  # where's backward
+        torch.ops.aten.threshold_backward.grad_input(buf, x, 0, grad_input=buf)  # relu's backward: x > 0
+        grad_x = buf.mul_(alpha).div_(alpha)  # autograd's (g * alpha) / alpha; zeros stay zero (alpha > 0)
         grad_alpha = (dot(grad, out) - dot(grad_x, x)) / alpha if ctx.needs_input_grad[1] else None
         return grad_x, grad_alpha, None
 

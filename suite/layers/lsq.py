@@ -18,7 +18,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from suite.layers.base import FP_BITS, SingleBranchConv
-from suite.layers.quant import clamp_blocked, dot, round_to_levels_
+from suite.layers.quant import clamp_backward, dot, round_to_levels_
 
 STEP_FLOOR = 1e-8
 STEP_NAMES = ("w_step", "a_step")
@@ -36,24 +36,26 @@ class _LSQ(torch.autograd.Function):
     Backward of that graph (rounding straight-through), with ``g`` the incoming gradient:
     ``dv = ((g * s) * span / span) / s`` where the clamp passes (else 0), as autograd chains it, and
     ``ds = sum(g * out / s) - sum over the passing elements of g * v / s = (sum(g * out) - sum(dv * v)) / s``.
-    The clamp mask is saved from the forward (recomputing ``v / s`` would need a float temporary).
+    Saves ``v`` and the output (alive anyway); ``v / s`` is recomputed into the one tensor the backward allocates.
     """
 
     @staticmethod
     def forward(ctx, v: torch.Tensor, s: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
         span = qn + qp
-        t = v / s
-        blocked = clamp_blocked(t, -qn, qp)
-        out = round_to_levels_(t.clamp_(-qn, qp).add_(qn).div_(span), span + 1).mul_(span).sub_(qn).mul_(s)
-        ctx.span = span
-        ctx.save_for_backward(v, s, blocked, out)
+        out = round_to_levels_(torch.div(v, s).clamp_(-qn, qp).add_(qn).div_(span), span + 1)
+        out = out.mul_(span).sub_(qn).mul_(s)
+        ctx.bounds = qn, qp
+        ctx.save_for_backward(v, s, out)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        v, s, blocked, out = ctx.saved_tensors
-        grad_v = torch.mul(grad, s).mul_(ctx.span).div_(ctx.span).masked_fill_(blocked, 0).div_(s)
+        v, s, out = ctx.saved_tensors
+        qn, qp = ctx.bounds
+        buf = torch.div(v, s)
+        # zeros outside stay zeros through the scalings (s finite, nonzero)
+        grad_v = clamp_backward(grad, buf, -qn, qp, out=buf).mul_(s).mul_(qn + qp).div_(qn + qp).div_(s)
         grad_s = (dot(grad, out) - dot(grad_v, v)) / s if ctx.needs_input_grad[1] else None
         return grad_v, grad_s, None, None
 

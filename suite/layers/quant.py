@@ -4,12 +4,13 @@ Operations are written in exactly the order of MBQuant's released implementation
 multiply by a reciprocal; ``torch.round`` rounds half to even) so that the suite reproduces it bit for bit.
 
 The quantizers are fused ``torch.autograd.Function``s: the forward runs the same elementwise operations as the
-plain autograd graph (hence the same bits) but in place on one new tensor, and the backward is the gradient that
-graph computes, written out analytically. They save only what the backward cannot get more cheaply: inputs and
-outputs (which the surrounding graph keeps alive anyway: the conv saves its quantized input, the ReLU before it
-its output) and, where recomputing it would need a float temporary, a boolean mask. Large fresh allocations
-dominate an elementwise op on a CPU (the pages must be faulted in), so the fused forms allocate little.
-Gradients equal the plain graph's up to float rounding (different summation order in the bound reductions).
+plain autograd graph (hence the same bits) but in place on the one tensor it allocates, and the backward is the
+gradient that graph computes, written out analytically, again into one new tensor. They save only inputs and
+outputs, which the surrounding graph keeps alive anyway (the conv saves its quantized input, the ReLU before it
+its output): clamp masks are recomputed in the backward, no float intermediate or boolean mask is kept. On a CPU
+a fresh activation-sized tensor costs more than an elementwise pass over it (its pages must be faulted in), so
+allocations, not passes, are what the fused forms save. Input and weight gradients are bit-identical to the plain
+graph's; bound, alpha and step gradients equal them up to float rounding (sums regrouped and reordered).
 """
 from __future__ import annotations
 
@@ -60,14 +61,21 @@ def _clamp_passes_gradient_at_bounds() -> bool:
 CLAMP_GRAD_AT_BOUNDS = _clamp_passes_gradient_at_bounds()
 
 
-def clamp_blocked(v: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """Boolean mask of the elements where ``clamp(v, low, high)`` passes no gradient (outside, NaN, and on the
-    bounds unless this torch's clamp passes it there)."""
+def clamp_backward(grad: torch.Tensor, v: torch.Tensor, low: float, high: float,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """``grad`` where ``clamp(v, low, high)`` passes its gradient, 0 elsewhere, written to ``out`` if given (which
+    may be ``grad`` or ``v`` itself: the op is elementwise).
+
+    Strictly inside the bounds, this is hardtanh's backward: one vectorized pass and no boolean temporaries
+    (a CPU ``where`` on a mask runs a scalar loop). Unlike clamp's, it may pass the gradient at a NaN ``v``, which
+    only arises where the quantized forward is NaN itself.
+    """
     if CLAMP_GRAD_AT_BOUNDS:
         inside = torch.ge(v, low).logical_and_(torch.le(v, high))
-    else:
-        inside = torch.gt(v, low).logical_and_(torch.lt(v, high))
-    return inside.logical_not_()
+        return torch.where(inside, grad, grad.new_zeros(()), out=out)
+    if out is None:
+        return torch.ops.aten.hardtanh_backward(grad, v, low, high)
+    return torch.ops.aten.hardtanh_backward.grad_input(grad, v, low, high, grad_input=out)
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -86,9 +94,10 @@ class _BoundedQuant(torch.autograd.Function):
     """``round(clamp((x - l) / (u - l), 0, 1) * (L - 1)) / (L - 1)``, mapped by ``2 * (q - 0.5)`` if ``signed``.
 
     Backward of that graph (rounding straight-through), with ``v = (x - l) / (u - l)``, ``d = u - l`` and ``g``
-    the incoming gradient zeroed where the clamp blocks it (doubled if ``signed``):
+    the incoming gradient where the clamp passes it (doubled if ``signed``), 0 elsewhere:
     ``dx = g / d``, ``du = -sum(g * v) / d``, ``dl = (sum(g * v) - sum(g)) / d``, sums over the elements each
-    bound serves. ``v`` and the clamp mask are recomputed from the saved ``x`` (alive anyway) in one temporary.
+    bound serves. Saves only ``x`` (alive anyway) and the bounds; the backward recomputes ``v`` twice into the
+    one tensor it allocates, which ends up as ``dx``.
     """
 
     @staticmethod
@@ -103,18 +112,20 @@ class _BoundedQuant(torch.autograd.Function):
     def backward(ctx, grad):
         x, lower, upper = ctx.saved_tensors
         den = upper - lower
-        v = _bounded_unit(x, lower, den)
-        g = grad.masked_fill(clamp_blocked(v, 0, 1), 0)
+        scale = 2 if ctx.signed else 1  # d(2 * (q - 0.5)) / dq, exact
+        bounds = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        buf = _bounded_unit(x, lower, den)  # v
+        if bounds:
+            sum_gv = clamp_backward(buf, buf, 0, 1, out=buf).mul_(grad).sum_to_size(den.shape) * scale
+            torch.sub(x, lower, out=buf).div_(den)  # v again
+        g = clamp_backward(grad, buf, 0, 1, out=buf)
         if ctx.signed:
             g.mul_(2)
         grad_lower = grad_upper = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        if bounds:
             sum_g = g.sum_to_size(den.shape)
-            sum_gv = v.mul_(g).sum_to_size(den.shape)
-            grad_upper = -sum_gv / den
-            grad_lower = (sum_gv - sum_g) / den
-        grad_x = g.div_(den) if ctx.needs_input_grad[0] else None
-        return grad_x, grad_lower, grad_upper, None, None
+            grad_upper, grad_lower = -sum_gv / den, (sum_gv - sum_g) / den
+        return g.div_(den), grad_lower, grad_upper, None, None
 
 
 def quantize_weight(w: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, levels: int = 4) -> torch.Tensor:
@@ -143,7 +154,7 @@ class _ClampRound(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return grad.masked_fill(clamp_blocked(x, 0, 1), 0), None
+        return clamp_backward(grad, x, 0, 1), None
 
 
 def clamp_discretize(x: torch.Tensor, levels: int) -> torch.Tensor:
