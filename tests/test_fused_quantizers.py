@@ -315,20 +315,22 @@ REFERENCE_PATCHES = {
 SUMMED = {"w_lower", "w_upper", "a_lower", "a_upper", "alpha", "w_step", "a_step"}
 
 
-@pytest.mark.parametrize("name, bits, options", [
-    ("mbquant", [2, 4, 6, 8], {}), ("mbquant", [2, 3, 4], {"selection": "serial"}),
-    ("mbquant", [2, 4, 6, 8], {"conv_impl": "dense", "variant": "clean"}),
-    ("dedicated", [1, 2, 5, 8, 32], {}), ("anyprecision", [1, 2, 4, 8, 32], {}),
-    ("adabits", [1, 2, 4, 8, 32], {"grid": "centered"}), ("adabits", [2, 3, 8], {"grid": "modified"}),
-    ("bitmixer", [2, 3, 4, 8], {}),
+@pytest.mark.parametrize("name, arch, bits, options", [
+    ("mbquant", "resnet8", [2, 4, 6, 8], {}), ("mbquant", "resnet8", [2, 3, 4], {"selection": "serial"}),
+    ("mbquant", "resnet8", [2, 4, 6, 8], {"conv_impl": "dense", "variant": "clean"}),
+    ("mbquant", "mobilenetv1", [2, 3, 4], {"selection": "serial"}),  # depthwise: b-bit weights, partial branch
+    ("dedicated", "resnet8", [1, 2, 5, 8, 32], {}), ("anyprecision", "resnet8", [1, 2, 4, 8, 32], {}),
+    ("adabits", "resnet8", [1, 2, 4, 8, 32], {"grid": "centered"}),
+    ("adabits", "resnet8", [2, 3, 8], {"grid": "modified"}), ("bitmixer", "resnet8", [2, 3, 4, 8], {}),
 ])
-def test_model_step_matches_the_reference_quantizers(monkeypatch, name, bits, options):
-    """One joint step (every bit-width, forward + backward) of a calibrated ResNet-8: the same logits bit for bit
+def test_model_step_matches_the_reference_quantizers(monkeypatch, name, arch, bits, options):
+    """One joint step (every bit-width, forward + backward) of a calibrated model: the same logits bit for bit
     and the same gradients (exactly for every weight and BN parameter, closely for the quantizer parameters)."""
     spec = get_method(name)
     torch.manual_seed(0)
-    trainable = spec.build("resnet8", 10, bits, spec.Options(**options))
-    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    trainable = spec.build(arch, 10, bits, spec.Options(**options))
+    side = 32 if arch == "mobilenetv1" else 16  # MobileNetV1 downsamples 32-fold
+    x, y = torch.randn(8, 3, side, side), torch.randint(0, 10, (8,))
     if trainable.initialize is not None:
         trainable.initialize(trainable.model, [(x, y)] * len(bits))
     state = {k: v.clone() for k, v in trainable.model.state_dict().items()}
@@ -372,3 +374,23 @@ def test_clamp_backward_is_clamps_gradient(monkeypatch, inclusive):
     assert torch.equal(quant.clamp_backward(g, v, 0, 1), expected)
     buf = v.clone()
     assert quant.clamp_backward(g, buf, 0, 1, out=buf) is buf and torch.equal(buf, expected)
+
+
+@pytest.mark.parametrize("quantizer", ["bounded", "clamp", "pact", "lsq"])
+def test_activation_quantizers_keep_no_tensor_of_their_own_for_the_backward(quantizer):
+    """Everything activation-sized a fused quantizer saves is its input or its output (which the ReLU before it and
+    the conv after it keep anyway); the plain graph kept two or three float intermediates per quantizer."""
+    x = leaf(torch.relu(torch.randn(4, 2, 8, 6, 6)))
+    scale = leaf(torch.tensor(0.7))
+    run_quantizer = {
+        "bounded": lambda: quantize_activation(x, torch.zeros(()), scale, 4),
+        "clamp": lambda: clamp_discretize(x, 16),
+        "pact": lambda: pact_quantize(x, scale, 4),
+        "lsq": lambda: lsq_quantize(x, scale, 0, 15, x[0].numel()),
+    }[quantizer]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = run_quantizer()
+    large = [t for t in saved if t.numel() == x.numel()]
+    assert large and all(t.data_ptr() in (x.data_ptr(), out.data_ptr()) for t in large)
+    assert all(t.numel() == 1 for t in saved if t.numel() != x.numel())

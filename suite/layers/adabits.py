@@ -21,7 +21,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from suite.layers.base import FP_BITS, SingleBranchConv
-from suite.layers.quant import activation_bounds, dot, round_to_levels_, tanh_max, tanh_max_backward
+from suite.layers.quant import activation_bounds, round_to_levels_, scale_gradient, tanh_max, tanh_max_backward
 
 
 def _nested_grid_(x: torch.Tensor, bits: int, centered: bool) -> torch.Tensor:
@@ -96,7 +96,7 @@ class _PACT(torch.autograd.Function):
         torch.ops.aten.hardtanh_backward.grad_input(grad, buf, -math.inf, 1, grad_input=buf)  # where's backward
         torch.ops.aten.threshold_backward.grad_input(buf, x, 0, grad_input=buf)  # relu's backward: x > 0
         grad_x = buf.mul_(alpha).div_(alpha)  # autograd's (g * alpha) / alpha; zeros stay zero (alpha > 0)
-        grad_alpha = (dot(grad, out) - dot(grad_x, x)) / alpha if ctx.needs_input_grad[1] else None
+        grad_alpha = scale_gradient(grad, out, grad_x, x, alpha) if ctx.needs_input_grad[1] else None
         return grad_x, grad_alpha, None
 
 

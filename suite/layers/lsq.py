@@ -18,7 +18,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from suite.layers.base import FP_BITS, SingleBranchConv
-from suite.layers.quant import clamp_backward, dot, round_to_levels_
+from suite.layers.quant import clamp_backward, round_to_levels_, scale_gradient
 
 STEP_FLOOR = 1e-8
 STEP_NAMES = ("w_step", "a_step")
@@ -44,19 +44,19 @@ class _LSQ(torch.autograd.Function):
         span = qn + qp
         out = round_to_levels_(torch.div(v, s).clamp_(-qn, qp).add_(qn).div_(span), span + 1)
         out = out.mul_(span).sub_(qn).mul_(s)
-        ctx.bounds = qn, qp
         ctx.save_for_backward(v, s, out)
+        ctx.bounds = qn, qp
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        v, s, out = ctx.saved_tensors
         qn, qp = ctx.bounds
+        v, s, out = ctx.saved_tensors
         buf = torch.div(v, s)
         # zeros outside stay zeros through the scalings (s finite, nonzero)
         grad_v = clamp_backward(grad, buf, -qn, qp, out=buf).mul_(s).mul_(qn + qp).div_(qn + qp).div_(s)
-        grad_s = (dot(grad, out) - dot(grad_v, v)) / s if ctx.needs_input_grad[1] else None
+        grad_s = scale_gradient(grad, out, grad_v, v, s) if ctx.needs_input_grad[1] else None
         return grad_v, grad_s, None, None
 
 

@@ -85,6 +85,14 @@ def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum()
 
 
+def scale_gradient(grad: torch.Tensor, out: torch.Tensor, grad_x: torch.Tensor, x: torch.Tensor,
+                   scale: torch.Tensor) -> torch.Tensor:
+    """Gradient w.r.t. ``s`` of a straight-through quantizer ``out = s * q(x / s)`` (PACT's alpha, an LSQ step):
+    ``sum(grad * out / s) - sum(grad_x * x) / s``, where ``grad_x``, the gradient w.r.t. ``x``, is ``grad`` on the
+    elements that are not clipped (on the clipped ones the terms through the clip and through ``x / s`` cancel)."""
+    return (dot(grad, out) - dot(grad_x, x)) / scale
+
+
 def _bounded_unit(x: torch.Tensor, lower: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     """``(x - lower) / (upper - lower)`` as a new tensor, ``den = upper - lower`` (the release's order)."""
     return torch.sub(x, lower).div_(den)
