@@ -15,6 +15,12 @@ from suite.recipe import Recipe
 from suite.trainer import autocast_dtype, make_optimizers, resolve_device, train_step, training_forward
 
 
+def equal_flop_passes(bits: list[int]) -> int:
+    """FP32 single-width steps a joint step over ``bits`` equals in FLOPs: MBQuant's b-bit forward runs b/2
+    single-width branches, so 2-4-6-8 costs 1 + 2 + 3 + 4 = 10 (the joint step's equal-FLOP limit)."""
+    return sum(b // 2 for b in bits)
+
+
 def make_train_step(model: str = "resnet20", dataset: str = "cifar100", bits: list[int] | None = None,
                     batch: tuple[torch.Tensor, torch.Tensor] | None = None, method: str = "mbquant",
                     options: dict[str, Any] | None = None, device: str | torch.device | None = None,

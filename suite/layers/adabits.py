@@ -17,11 +17,18 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from suite.layers.base import FP_BITS, SingleBranchConv
-from suite.layers.quant import activation_bounds, discretize
+from suite.layers.quant import activation_bounds, round_to_levels_, scale_gradient, tanh_max, tanh_max_backward
+
+
+def _nested_grid_(x: torch.Tensor, bits: int, centered: bool) -> torch.Tensor:
+    """In place on ``x`` (owned by the caller): ``(clamp(floor(2^b*x), 0, 2^b-1) [+ 1/2]) / 2^b``."""
+    levels = 2**bits
+    code = x.mul_(levels).floor_().clamp_(0, levels - 1)
+    return (code.add_(0.5) if centered else code).div_(levels)
 
 
 class _NestedGridSTE(torch.autograd.Function):
@@ -29,9 +36,7 @@ class _NestedGridSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, bits: int, centered: bool) -> torch.Tensor:
-        levels = 2**bits
-        code = torch.floor(levels * x).clamp_(0, levels - 1)
-        return (code + 0.5 if centered else code) / levels
+        return _nested_grid_(x.clone(), bits, centered)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -41,6 +46,63 @@ class _NestedGridSTE(torch.autograd.Function):
 def nested_grid(x: torch.Tensor, bits: int, grid: str) -> torch.Tensor:
     """Snap ``x`` in [0, 1] onto AdaBits' b-bit ``modified`` or ``centered`` grid (straight-through)."""
     return _NestedGridSTE.apply(x, bits, grid == "centered")
+
+
+class _AdaBitsWeight(torch.autograd.Function):
+    """``q = t / max|t|`` (``t = tanh(w)``), at b bits ``2 * grid((q + 1) / 2) - 1``, times the detached rescale
+    ``1 / sqrt(fan_out) / std(q)``. Backward: the rescale, then straight through the grid (its ``* 2`` and ``/ 2``
+    cancel exactly), then ``tanh_max_backward``."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, bits: int, centered: bool, fan_out: int) -> torch.Tensor:
+        t, m = tanh_max(w)
+        q = t / m
+        if bits != FP_BITS:
+            q = _nested_grid_(q.add_(1).div_(2), bits, centered).mul_(2).sub_(1)
+        rescale = 1 / math.sqrt(fan_out) / q.std()
+        ctx.save_for_backward(t, m, rescale)
+        return q.mul_(rescale)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        t, m, rescale = ctx.saved_tensors
+        return tanh_max_backward(grad * rescale, t, m, halve=False), None, None, None
+
+
+class _PACT(torch.autograd.Function):
+    """``round((2^b-1) * where(r < alpha, r, alpha) / alpha) / (2^b-1) * alpha`` with ``r = relu(x)``.
+
+    Backward of that graph (rounding straight-through): ``dx = (g * alpha) / alpha`` where ``0 < x < alpha``
+    (else 0); ``dalpha = sum(g * q) - sum over 0 < x < alpha of g * x / alpha`` (the clipped elements' terms
+    through the clip and through ``/ alpha`` cancel), i.e. ``(sum(g * out) - sum(dx * x)) / alpha``.
+    Saves ``x`` and the output (alive anyway); the backward allocates one tensor, ``dx``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, levels: int) -> torch.Tensor:
+        # relu(where(x < alpha, x, alpha)) = where(relu(x) < alpha, relu(x), alpha) for alpha >= 0, NaN included
+        clipped = torch.where(x < alpha, x, alpha).relu_()
+        out = round_to_levels_(clipped.div_(alpha), levels).mul_(alpha)
+        ctx.save_for_backward(x, alpha, out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, alpha, out = ctx.saved_tensors
+        # min(x, alpha) / alpha < 1 exactly where x < alpha (a NaN x: inf, blocked like the where blocks it)
+        buf = torch.clamp(x, max=alpha).nan_to_num_(nan=math.inf).div_(alpha)
+        torch.ops.aten.hardtanh_backward.grad_input(grad, buf, -math.inf, 1, grad_input=buf)  # where's backward
+        torch.ops.aten.threshold_backward.grad_input(buf, x, 0, grad_input=buf)  # relu's backward: x > 0
+        grad_x = buf.mul_(alpha).div_(alpha)  # autograd's (g * alpha) / alpha; zeros stay zero (alpha > 0)
+        grad_alpha = scale_gradient(grad, out, grad_x, x, alpha) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_alpha, None
+
+
+def pact_quantize(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
+    """AdaBits' activation quantizer at clipping level ``alpha`` (>= 0) onto ``2**bits`` levels."""
+    return _PACT.apply(x, alpha, 2**bits)
 
 
 class AdaBitsConv(SingleBranchConv):
@@ -55,19 +117,13 @@ class AdaBitsConv(SingleBranchConv):
         self.calibrating = False
 
     def _weight_at(self, bits: int) -> torch.Tensor:
-        t = torch.tanh(self.weight)
-        q = t / t.abs().max()
-        if bits != FP_BITS:
-            q = 2 * nested_grid((q + 1) / 2, bits, self.grid) - 1
         fan_out = self.out_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
-        return q * (1 / math.sqrt(fan_out) / q.detach().std())
+        return _AdaBitsWeight.apply(self.weight, bits, self.grid == "centered", fan_out)
 
     def _input_at(self, x: torch.Tensor, bits: int) -> torch.Tensor:
         if bits == FP_BITS:
             return x
-        alpha = self.alpha[str(bits)].abs()
-        x = F.relu(x)
-        return discretize(torch.where(x < alpha, x, alpha) / alpha, 2**bits) * alpha
+        return pact_quantize(x, self.alpha[str(bits)].abs(), bits)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating and self.active_bits != FP_BITS:

@@ -10,20 +10,44 @@ scaled by mean|w|, ``clamp(x, 0, 1)`` activations, straight-through rounding (ba
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from suite.layers.base import FP_BITS, SingleBranchConv
-from suite.layers.quant import discretize
+from suite.layers.quant import clamp_discretize, round_to_levels_, tanh_max, tanh_max_backward
+
+
+class _DoReFaWeight(torch.autograd.Function):
+    """The release's weight quantizer in its order of operations; ``E = mean|w|`` carries no gradient.
+
+    Backward: ``d(out)/d(q) = 2 * E`` (rounding straight-through; ``E`` alone at 32 bits), then through
+    ``t / 2 / max|t|`` (``t / max|t|``) and the tanh (``tanh_max_backward``).
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, bits: int) -> torch.Tensor:
+        scale = w.abs().mean()
+        t, m = tanh_max(w)
+        ctx.bits = bits
+        ctx.save_for_backward(t, m, scale)
+        if bits == FP_BITS:
+            return (t / m).mul_(scale)
+        q = round_to_levels_((t / 2).div_(m).add_(0.5), 2**bits)
+        return q.mul_(2).sub_(1).mul_(scale)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        t, m, scale = ctx.saved_tensors
+        quantized = ctx.bits != FP_BITS
+        g = grad * scale
+        if quantized:
+            g.mul_(2)
+        return tanh_max_backward(g, t, m, halve=quantized), None
 
 
 class DoReFaConv(SingleBranchConv):
     def _weight_at(self, bits: int) -> torch.Tensor:
-        """The release's order of operations."""
-        scale = self.weight.abs().mean().detach()
-        t = torch.tanh(self.weight)
-        if bits == FP_BITS:
-            return t / t.abs().max() * scale
-        t = t / 2 / t.abs().max() + 0.5
-        return (2 * discretize(t, 2**bits) - 1) * scale
+        return _DoReFaWeight.apply(self.weight, bits)
 
     def _input_at(self, x: torch.Tensor, bits: int) -> torch.Tensor:
-        return x if bits == FP_BITS else discretize(torch.clamp(x, 0, 1), 2**bits)
+        return x if bits == FP_BITS else clamp_discretize(x, 2**bits)

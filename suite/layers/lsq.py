@@ -15,9 +15,10 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from suite.layers.base import FP_BITS, SingleBranchConv
-from suite.layers.quant import discretize
+from suite.layers.quant import clamp_backward, round_to_levels_, scale_gradient
 
 STEP_FLOOR = 1e-8
 STEP_NAMES = ("w_step", "a_step")
@@ -29,17 +30,44 @@ def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
     return (x - y).detach() + y
 
 
+class _LSQ(torch.autograd.Function):
+    """``(discretize((clamp(v / s, -qn, qp) + qn) / span, span + 1) * span - qn) * s``, ``span = qn + qp``.
+
+    Backward of that graph (rounding straight-through), with ``g`` the incoming gradient:
+    ``dv = ((g * s) * span / span) / s`` where the clamp passes (else 0), as autograd chains it, and
+    ``ds = sum(g * out / s) - sum over the passing elements of g * v / s = (sum(g * out) - sum(dv * v)) / s``.
+    Saves ``v`` and the output (alive anyway); ``v / s`` is recomputed into the one tensor the backward allocates.
+    """
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, s: torch.Tensor, qn: int, qp: int) -> torch.Tensor:
+        span = qn + qp
+        out = round_to_levels_(torch.div(v, s).clamp_(-qn, qp).add_(qn).div_(span), span + 1)
+        out = out.mul_(span).sub_(qn).mul_(s)
+        ctx.save_for_backward(v, s, out)
+        ctx.bounds = qn, qp
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        qn, qp = ctx.bounds
+        v, s, out = ctx.saved_tensors
+        buf = torch.div(v, s)
+        # zeros outside stay zeros through the scalings (s finite, nonzero)
+        grad_v = clamp_backward(grad, buf, -qn, qp, out=buf).mul_(s).mul_(qn + qp).div_(qn + qp).div_(s)
+        grad_s = scale_gradient(grad, out, grad_v, v, s) if ctx.needs_input_grad[1] else None
+        return grad_v, grad_s, None, None
+
+
 def lsq_quantize(v: torch.Tensor, step: torch.Tensor, qn: int, qp: int, numel: int) -> torch.Tensor:
     """``round(clamp(v/s, -qn, qp)) * s`` with straight-through rounding and LSQ gradient scaling of ``s``.
 
-    The rounding goes through ``discretize`` on the unit interval: ``(t + qn) / (qn + qp)`` snapped onto
-    ``qn + qp + 1`` levels. Gradients: d/dv = 1 inside the range, 0 outside; d/ds = round(v/s) - v/s inside,
+    The rounding snaps ``(t + qn) / (qn + qp)`` onto ``qn + qp + 1`` levels of the unit interval, as
+    ``discretize`` does. Gradients: d/dv = 1 inside the range, 0 outside; d/ds = round(v/s) - v/s inside,
     -qn / qp outside (times g), exactly LSQ.
     """
-    s = grad_scale(step, 1.0 / math.sqrt(numel * qp))
-    t = torch.clamp(v / s, -qn, qp)
-    span = qn + qp
-    return (discretize((t + qn) / span, span + 1) * span - qn) * s
+    return _LSQ.apply(v, grad_scale(step, 1.0 / math.sqrt(numel * qp)), qn, qp)
 
 
 def weight_range(bits: int) -> tuple[int, int]:

@@ -40,6 +40,14 @@ def quantize_input_slots(layer: nn.Module, x: torch.Tensor, slots: tuple[int, in
     return quantize_activation(x.reshape(N, n, C // n, H, W), a_lo, a_hi, bits).view(N, C, H, W)
 
 
+def narrowed(t: torch.Tensor, span: tuple[int, int], dim: int = 1) -> torch.Tensor:
+    """``t``'s entries ``span[0]:span[1]`` along ``dim``; ``t`` itself when that is all of them, so that the
+    backward needs no zero-filled copy of the gradient (what a slice's backward allocates)."""
+    if span == (0, t.shape[dim]):
+        return t
+    return t.narrow(dim, span[0], span[1] - span[0])
+
+
 def _add_branch_state(layer: nn.Module, branches: int) -> None:
     """Learnable bounds per branch slot (weights [G]; activations [G, 7], column b-2) and the switch state."""
     layer.w_lower = nn.Parameter(torch.zeros(branches))
@@ -142,12 +150,12 @@ class MultiBranchConv(_BranchViews, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.active_bits
         sl = self.slices(b)
-        out = self._branch_conv(x[:, sl.inputs[0]:sl.inputs[1]], self.weight[sl.rows[0]:sl.rows[1]], sl.slots, b)
+        out = self._branch_conv(narrowed(x, sl.inputs), narrowed(self.weight, sl.rows, 0), sl.slots, b)
         if sl.partial is None:
             return out
         rows, cols, inputs, slot = sl.partial
         weight = self.weight[rows[0]:rows[1], cols[0]:cols[1]]
-        partial_out = self._branch_conv(x[:, inputs[0]:inputs[1]], weight, (slot, slot + 1), b)
+        partial_out = self._branch_conv(narrowed(x, inputs), weight, (slot, slot + 1), b)
         return torch.cat([out, partial_out], dim=1)
 
     def _branch_conv(self, x: torch.Tensor, weight: torch.Tensor, slots: tuple[int, int], bits: int) -> torch.Tensor:
@@ -240,8 +248,8 @@ class MultiBranchDepthwiseConv(_BranchViews, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.active_bits
         acts, weights = [], []
-        for (i0, i1), (r0, r1), slots in self._runs(b):
-            xs, ws = x[:, i0:i1], self.weight[r0:r1]
+        for inputs, rows, slots in self._runs(b):
+            xs, ws = narrowed(x, inputs), narrowed(self.weight, rows, 0)
             if self.calibrating:
                 self._calibrate(xs, ws, slots, b)
             weights.append(quantize_weight_slots(self, ws, slots, 2**b))
