@@ -103,7 +103,8 @@ def cmd_quickstart(args) -> int:
 
     started = time.perf_counter()
     # Validate every manifest before running any, so a typo fails in seconds, not after an hour of training.
-    loaded = [load_manifest(p, args.profile) for p in _manifests(args.experiments)]
+    loaded = [m for m in (load_manifest(p, args.profile) for p in _manifests(args.experiments))
+              if args.all or m.manifest.quickstart]
     for manifest in loaded:
         run_manifest(manifest, args.results, progress=not args.no_progress)
     pages = build_report(args.results, args.out, args.references)
@@ -180,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="collect the tracked runs into the PDF report")
     rep.set_defaults(func=cmd_report)
 
-    quick = sub.add_parser("quickstart", help="every manifest at the smoke profile on embedded data, then the report")
+    quick = sub.add_parser("quickstart", help="the manifests marked `quickstart: true` (every method, the costs, the "
+                                              "ImageNet pipeline checks) at the smoke profile, then the report")
     quick.add_argument("--experiments", type=Path, default=EXPERIMENTS)
+    quick.add_argument("--all", action="store_true", help="every manifest, the ablations included (longer)")
     quick.add_argument("--profile", default="smoke")
     quick.set_defaults(func=cmd_quickstart)
 

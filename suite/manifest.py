@@ -151,6 +151,8 @@ class Manifest(_Strict):
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     tolerance: float | None = Field(None, description="top-1 points within which a reproduction agrees with the paper")
     cluster: ClusterSpec | None = None
+    quickstart: bool = Field(False, description="part of `python -m suite quickstart` (at its smoke profile); the "
+                             "other manifests run with `quickstart --all`")
     pipeline_check: bool = Field(False, description="the runs only show that every arm runs end to end (too short "
                                  "to learn): the report draws no accuracy comparison from them")
 
