@@ -22,3 +22,11 @@ def copy_store(source: Path, target: Path) -> Path:
     finally:
         db.close()
     return target
+
+
+def stop_after_epoch(epoch: int, error: type[BaseException] = KeyboardInterrupt):
+    """A ``fit(log=...)`` callback that raises ``error`` once epoch ``epoch`` is logged: a run stopped there."""
+    def log(metrics, logged_epoch):
+        if logged_epoch == epoch:
+            raise error
+    return log

@@ -13,7 +13,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from helpers import copy_store
+from helpers import copy_store, stop_after_epoch
 from suite import interrupts
 from suite.checkpoints import CheckpointSeries, sha256_file
 from suite.cli import main
@@ -79,14 +79,9 @@ def test_a_planted_pickle_in_the_run_store_is_refused_never_run(tmp_path, result
 def test_a_damaged_checkpoint_is_named_moved_aside_and_the_one_before_it_used(tmp_path):
     data = tiny_data()
     straight = fit(tiny_trainable(), data.train, data.val, TINY, seed=0, run_dir=tmp_path / "a", progress=False)
-
-    def stop_after_second_epoch(metrics, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
         fit(tiny_trainable(), data.train, data.val, TINY, seed=0, run_dir=tmp_path / "b", progress=False,
-            log=stop_after_second_epoch)
+            log=stop_after_epoch(1))
     newest = CheckpointSeries(tmp_path / "b", "last").files()[-1]
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a full disk
     warnings = []

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import stop_after_epoch
 from suite.checkpoints import CheckpointSeries
 from suite.data import DataConfig, build_data
 from suite.methods import mbquant
@@ -13,6 +14,10 @@ from suite.methods.common import weight_groups
 from suite.trainer import Recipe, fit, seed_everything
 
 TINY = Recipe(epochs=4, batch_size=32, lr=0.1, steps_per_epoch=6, eval_batch_size=256)
+
+
+class Killed(Exception):
+    """A process killed mid-run, as the trainer sees it."""
 
 
 def tiny_data(seed=0):
@@ -66,17 +71,9 @@ def test_a_few_steps_lower_the_loss(tmp_path, distillation):
 def test_killed_run_resumes_to_the_same_result_and_finished_run_is_not_rerun(tmp_path):
     data = tiny_data()
     straight = fit(tiny_trainable(), data.train, data.val, TINY, seed=0, run_dir=tmp_path / "a", progress=False)
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_first_epoch(metrics, epoch):
-        if epoch == 0:
-            raise Killed
-
     with pytest.raises(Killed):
         fit(tiny_trainable(), data.train, data.val, TINY, seed=0, run_dir=tmp_path / "b", progress=False,
-            log=kill_after_first_epoch)
+            log=stop_after_epoch(0, Killed))
     assert list((tmp_path / "b").glob("last-*.pt")) and not (tmp_path / "b" / "result.json").exists()
     resumed = fit(tiny_trainable(), data.train, data.val, TINY, seed=0, run_dir=tmp_path / "b", progress=False)
     assert resumed.resumed_from == 1
