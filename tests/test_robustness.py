@@ -185,6 +185,7 @@ def killed_after_first_epoch(manifest: Path, results: Path, sig: int) -> tuple[i
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # three CLI processes, each killed or run to the end
 def test_sigterm_and_sigkill_resume_to_the_uninterrupted_result(tmp_path, empty_store):
     manifest = write_manifest(tmp_path)
     code, out = finished(suite_process(manifest, copy_store(empty_store, tmp_path / "straight")))
@@ -209,6 +210,7 @@ def test_sigterm_and_sigkill_resume_to_the_uninterrupted_result(tmp_path, empty_
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # two CLI processes racing on one store
 def test_two_processes_on_one_fresh_store_never_train_a_run_twice(tmp_path):
     manifest = write_manifest(tmp_path, arms=[{"name": "release"}, {"name": "clean", "set": {
         "method.options": {"variant": "clean"}}}], seeds=[0, 1])
