@@ -279,6 +279,12 @@ class ResolvedArm(BaseModel):
         """A run's identity: identical configurations share it, across arms and manifests."""
         return config_hash({**self.run_spec, "seed": seed})
 
+    def run_dir(self, results_dir: Path, seed: int) -> Path:
+        """Where a run's checkpoints and result live: keyed by configuration, so a killed run resumes whichever
+        manifest started it."""
+        cfg = self.config
+        return Path(results_dir) / "runs" / f"{cfg.model.arch}-{cfg.method.name}" / f"{self.run_key(seed)}-seed{seed}"
+
 
 class LoadedManifest(BaseModel):
     path: Path

@@ -19,6 +19,7 @@ from suite.data import SPLIT_SIZES, num_classes
 from suite.manifest import LoadedManifest, Manifest, ResolvedArm
 from suite.recipe import Recipe
 from suite.tracking import TAG_KEY, tracking_uri
+from suite.trainer import resolve_device
 
 IMAGENET_SPLITS = (1_281_167, 50_000)  # ILSVRC-2012, when the folders are not on this machine to count
 EVAL_SHARE = 1 / 3  # an evaluation pass over an image (every bit-width, forward only) ~ a third of a training step's
@@ -65,7 +66,7 @@ def probe_step_seconds(arm: ResolvedArm, probe_batch: int | None = None, repeats
 def job_state(arm: ResolvedArm, seed: int, results: Path, finished_elsewhere: Callable[[str], str | None]) -> tuple[str, int]:
     """(state, steps already done) of one job, read from its run directory and the tracking store."""
     cfg = arm.config
-    run_dir = results / "runs" / f"{cfg.model.arch}-{cfg.method.name}" / f"{arm.run_key(seed)}-seed{seed}"
+    run_dir = arm.run_dir(results, seed)
     total = cfg.recipe.epochs * steps_per_epoch(cfg)
     if (run_dir / "result.json").exists():
         return "finished", total
@@ -108,9 +109,11 @@ def plan(loaded: LoadedManifest, results: Path, *, step_seconds: float | None = 
         for seed in loaded.manifest.seeds:
             state, done = job_state(arm, seed, Path(results), lookup)
             left = cfg.recipe.epochs * steps_per_epoch(cfg) - done
-            seconds = step_seconds
-            if seconds is None:
-                seconds = probes[what] = probes.get(what) or (probe_step_seconds(arm, probe_batch) if left else 0.0)
+            seconds = step_seconds or 0.0  # a finished job needs no probe
+            if step_seconds is None and left:
+                if what not in probes:
+                    probes[what] = probe_step_seconds(arm, probe_batch)
+                seconds = probes[what]
             train, val = splits(cfg)
             epochs_left = math.ceil(left / steps_per_epoch(cfg))
             evaluation = epochs_left * val / cfg.recipe.batch_size * seconds * EVAL_SHARE
@@ -130,9 +133,7 @@ def plan(loaded: LoadedManifest, results: Path, *, step_seconds: float | None = 
 
 
 def _device_name(loaded: LoadedManifest) -> str:
-    device = loaded.manifest.recipe.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
+    device = resolve_device(loaded.manifest.recipe.device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads, {os.cpu_count()} cores)"

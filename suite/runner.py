@@ -86,10 +86,6 @@ class Invocation:
                 "suite.bits": ",".join(map(str, cfg.method.bits)), "suite.dataset": cfg.data.dataset,
                 "suite.model": cfg.model.arch}
 
-    def run_dir(self, arm: ResolvedArm, seed: int) -> Path:
-        # Keyed by configuration, so a killed run resumes whichever manifest started it.
-        cfg = arm.config
-        return self.results_dir / "runs" / f"{cfg.model.arch}-{cfg.method.name}" / f"{arm.run_key(seed)}-seed{seed}"
 
 
 def preflight(loaded: LoadedManifest, dist: Distributed = SINGLE) -> dict:
@@ -205,7 +201,7 @@ def exclusive(path: Path) -> Iterator[bool]:
 def _train_run(inv: Invocation, arm: ResolvedArm, seed: int) -> list[dict]:
     """One (arm, seed) under its run directory's lock: a second process on the same run skips it. Under torchrun
     rank 0 decides whether it trains, and the other ranks join it."""
-    run_dir = inv.run_dir(arm, seed)
+    run_dir = arm.run_dir(inv.results_dir, seed)
     if not inv.dist.main:
         if inv.dist.from_main(None):
             _fit(inv, arm, seed, run_dir)
