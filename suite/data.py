@@ -22,7 +22,8 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data.distributed import DistributedSampler
 
 from suite.fields import FieldError, check_number
 
@@ -32,7 +33,8 @@ CIFAR_STATS = {
     "cifar10": (tuple(v / 255 for v in (125.3, 123.0, 113.9)), tuple(v / 255 for v in (63.0, 62.1, 66.7))),
 }
 # Changes to the data pipeline after runs were stored: part of a run's identity, so such runs train anew.
-# 2: batches drawn by ``EpochSampler`` (one process or many: the same order); CIFAR-10 with its own statistics.
+# 2: batches drawn by a ``DistributedSampler`` reseeded every epoch (one process or many: the same order);
+#    CIFAR-10 with its own statistics.
 PIPELINE_VERSION = 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -102,23 +104,14 @@ class Data:
     calibration: DataLoader | None = None  # under DDP: the unsharded training batches (what one process sees)
 
 
-class EpochSampler(Sampler[int]):
-    """This process's share of a permutation drawn afresh from ``seed`` (which the trainer sets every epoch).
+def epoch_sampler(dataset: Dataset, seed: int, rank: int = 0, world_size: int = 1) -> DistributedSampler:
+    """This process's share of a permutation drawn from ``seed`` (which the trainer sets afresh every epoch).
 
-    With ``world_size`` processes, process ``rank`` takes every ``world_size``-th index from ``rank`` on, so the
-    i-th batches of all processes together hold exactly the i-th batch of one process: a run sees the same
-    images in the same steps whatever the number of processes.
+    Process ``rank`` takes every ``world_size``-th index from ``rank`` on (the tail that does not divide is
+    dropped), so the i-th batches of all processes together hold exactly the i-th batch of one process: a run
+    sees the same images in the same steps whatever the number of processes.
     """
-
-    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
-
-    def __iter__(self):
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed))
-        return iter(order[self.rank:self.size - self.size % self.world_size:self.world_size].tolist())
-
-    def __len__(self) -> int:
-        return self.size // self.world_size
+    return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -132,7 +125,7 @@ class DataError(ValueError):
 def build_data(cfg: DataConfig, batch_size: int, seed: int, eval_batch_size: int | None = None, *,
                rank: int = 0, world_size: int = 1) -> Data:
     """Seeded loaders for ``cfg``. ``batch_size`` is the global batch; with ``world_size`` > 1 (torchrun) this rank
-    gets ``batch_size / world_size`` of each batch (``EpochSampler``), and every ``world_size``-th validation
+    gets ``batch_size / world_size`` of each batch (``epoch_sampler``), and every ``world_size``-th validation
     image starting at ``rank`` (no padding, so no image counts twice)."""
     if cfg.dataset in ("cifar10", "cifar100"):
         train, val, num_classes, description = _cifar(cfg)
@@ -160,7 +153,7 @@ def build_data(cfg: DataConfig, batch_size: int, seed: int, eval_batch_size: int
 
     def shuffled(rank: int, world: int) -> DataLoader:
         # The trainer re-seeds the sampler and the generator (the workers' RNG) every epoch.
-        return DataLoader(train, batch_size=batch_size // world, sampler=EpochSampler(len(train), seed, rank, world),
+        return DataLoader(train, batch_size=batch_size // world, sampler=epoch_sampler(train, seed, rank, world),
                           drop_last=True, generator=torch.Generator().manual_seed(seed), **loader)
 
     train_loader, calibration = shuffled(rank, world_size), None

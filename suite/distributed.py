@@ -129,10 +129,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 
 def global_batch_norm(model: nn.Module) -> nn.Module:
     """Every ``nn.BatchNorm2d`` of ``model`` becomes a ``GlobalBatchNorm2d`` holding the same tensors."""
-    for parent in model.modules():
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.BatchNorm2d:
-                child.__class__ = GlobalBatchNorm2d  # same attributes, parameters and buffers; only forward differs
+    for module in model.modules():
+        if type(module) is nn.BatchNorm2d:
+            module.__class__ = GlobalBatchNorm2d  # same attributes, parameters and buffers; only forward differs
     return model
 
 
