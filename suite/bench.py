@@ -12,7 +12,8 @@ import torch
 from suite.data import num_classes
 from suite.methods import method as get_method
 from suite.recipe import Recipe
-from suite.trainer import autocast_dtype, make_optimizers, resolve_device, train_step, training_forward
+from suite.numerics import autocast_dtype
+from suite.trainer import make_optimizers, resolve_device, train_step, training_forward
 
 
 def equal_flop_passes(bits: list[int]) -> int:
@@ -47,7 +48,7 @@ def make_train_step(model: str = "resnet20", dataset: str = "cifar100", bits: li
     forward = training_forward(trainable.model, recipe)
 
     def step() -> dict[int, torch.Tensor]:
-        losses = train_step(trainable, forward, optimizers, x, y, autocast_dtype(recipe))
+        losses = train_step(trainable, forward, optimizers, x, y, autocast_dtype(recipe.precision))
         if synchronize and dev.type == "cuda":
             torch.cuda.synchronize(dev)
         return losses

@@ -20,6 +20,17 @@ REPORT = Path("reports/report.pdf")
 UI_URL = "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 
 
+def _positive(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _manifests(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.yaml"))
 
@@ -45,12 +56,15 @@ def cmd_run(args) -> int:
             *([f"--offline={args.offline}"] if args.offline else [])]
     jobs = jobs_for(planned, base)
     folder = args.results / "launch" / f"{loaded.manifest.name}.{loaded.profile}"
-    if args.launcher == "gpus":
-        return 1 if run_on_gpus(jobs, folder, gpus_per_job=args.gpus_per_job or 1, cpu_slots=args.cpu_slots) else 0
-    cluster = (loaded.manifest.cluster.model_dump() if loaded.manifest.cluster else {}) | {
+    cluster = Cluster(**(loaded.manifest.cluster.model_dump() if loaded.manifest.cluster else {}) | {
         k: v for k, v in dict(partition=args.partition, time_minutes=args.time, gpus_per_job=args.gpus_per_job,
-                              cpus_per_task=args.cpus_per_task, account=args.account).items() if v is not None}
-    submit_to_slurm(jobs, folder, Cluster(**cluster), executor=args.submitit_executor)
+                              cpus_per_task=args.cpus_per_task, account=args.account,
+                              jobs_per_gpu=args.jobs_per_gpu).items() if v is not None})
+    if args.launcher == "gpus":
+        failed = run_on_gpus(jobs, folder, gpus_per_job=cluster.gpus_per_job, jobs_per_gpu=cluster.jobs_per_gpu,
+                             cpu_slots=args.cpu_slots)
+        return 1 if failed else 0
+    submit_to_slurm(jobs, folder, cluster, executor=args.submitit_executor)
     return 0
 
 
@@ -149,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                           "as its own process on this machine's GPUs; submitit: a SLURM job array")
     run.add_argument("--gpus-per-job", type=int, default=None, metavar="K",
                      help="GPUs per job (gpus, submitit): K > 1 runs each job under torchrun")
+    run.add_argument("--jobs-per-gpu", type=_positive, default=None, metavar="K",
+                     help="gpus launcher: K jobs share each GPU (or CPU slot) at once; `suite doctor` suggests K "
+                          "(default: the profile's cluster block, else 1)")
     run.add_argument("--cpu-slots", type=int, default=None, metavar="N", help="gpus launcher without GPUs: N CPU jobs")
     run.add_argument("--partition", default=None, help="SLURM partition (submitit; else the profile's cluster block)")
     run.add_argument("--time", type=int, default=None, metavar="MINUTES", help="SLURM time limit per job (submitit)")
@@ -234,11 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     from suite.methods import PluginError, load_plugin
     from suite.tracking import StoreError
 
-    interrupts.install()
     try:
-        for module in getattr(args, "plugin", []):
-            load_plugin(module)
-        return args.func(args)
+        with interrupts.installed():
+            for module in getattr(args, "plugin", []):
+                load_plugin(module)
+            return args.func(args)
     except (ManifestError, DatasetNotFound, DataError, InteropError, PluginError, StoreError, CheckpointError,
             OSError) as err:  # OSError: a path given that cannot be used (a file where a folder belongs, ...)
         print(f"error: {err}", file=sys.stderr)
@@ -250,7 +267,6 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted", file=sys.stderr)
         return 130
     finally:
-        interrupts.reset()
         if torch_distributed_initialized():
             import torch.distributed
 

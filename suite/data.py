@@ -35,7 +35,10 @@ CIFAR_STATS = {
 # Changes to the data pipeline after runs were stored: part of a run's identity, so such runs train anew.
 # 2: batches drawn by a ``DistributedSampler`` reseeded every epoch (one process or many: the same order);
 #    CIFAR-10 with its own statistics.
-PIPELINE_VERSION = 2
+# 3: augmentation draws from the training loader's generator, apart from the model's random draws (in worker
+#    processes as before; in the main process too), each rank its own stream; training workers restart every
+#    epoch (re-seeded) whatever persistent_workers says.
+PIPELINE_VERSION = 3
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_FOLDER = "imagenet"  # <root>/imagenet/train/<wnid>/*.JPEG and <root>/imagenet/val/<wnid>/*.JPEG
@@ -66,8 +69,9 @@ class DataConfig:
     val_limit: int | None = None     # same for the validation/test set
     workers: int = 0                 # DataLoader workers (their augmentation RNG streams differ from the main
                                      # process's, so this is part of a run's identity)
-    # Speed only, never results (not part of a run's identity): pinned host memory for GPU copies, workers kept
-    # alive across epochs, batches each worker prepares ahead.
+    # Speed only, never results (not part of a run's identity): pinned host memory for GPU copies, evaluation
+    # workers kept alive across epochs (training workers always restart: the trainer re-seeds them every epoch),
+    # batches each worker prepares ahead.
     pin_memory: bool = False
     persistent_workers: bool = True
     prefetch_factor: int = 2
@@ -114,6 +118,27 @@ def epoch_sampler(dataset: Dataset, seed: int, rank: int = 0, world_size: int = 
     return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
 
 
+class AugmentationStream(Dataset):
+    """``dataset`` whose random augmentation draws from ``generator`` rather than the process's global RNG, as it
+    does in DataLoader workers (seeded from the loader's generator): the model's random draws (Bit-Mixer's
+    layer-wise bit-widths) stay one stream, alike on every rank, and each rank's augmentation another, its own."""
+
+    def __init__(self, dataset: Dataset, generator: torch.Generator):
+        self.dataset, self.generator = dataset, generator
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.generator.get_state())
+        try:
+            return self.dataset[i]
+        finally:
+            self.generator.set_state(torch.get_rng_state())
+            torch.set_rng_state(outer)
+
+
 class DatasetNotFound(FileNotFoundError):
     """The dataset's files are missing or fail the integrity check; the message says what to do."""
 
@@ -149,19 +174,23 @@ def build_data(cfg: DataConfig, batch_size: int, seed: int, eval_batch_size: int
 
     loader = dict(num_workers=cfg.workers, pin_memory=cfg.pin_memory)
     if cfg.workers:
-        loader |= dict(persistent_workers=cfg.persistent_workers, prefetch_factor=cfg.prefetch_factor)
+        loader |= dict(prefetch_factor=cfg.prefetch_factor)
 
     def shuffled(rank: int, world: int) -> DataLoader:
-        # The trainer re-seeds the sampler and the generator (the workers' RNG) every epoch.
-        return DataLoader(train, batch_size=batch_size // world, sampler=epoch_sampler(train, seed, rank, world),
-                          drop_last=True, generator=torch.Generator().manual_seed(seed), **loader)
+        # The trainer re-seeds the sampler and the generator (the augmentation stream) every epoch; workers kept
+        # alive would keep their first seeds, so they start afresh with each epoch's.
+        generator = torch.Generator().manual_seed(seed)
+        images = train if cfg.workers else AugmentationStream(train, generator)
+        return DataLoader(images, batch_size=batch_size // world, sampler=epoch_sampler(train, seed, rank, world),
+                          drop_last=True, generator=generator, persistent_workers=False, **loader)
 
     train_loader, calibration = shuffled(rank, world_size), None
     if world_size > 1:
         calibration = shuffled(0, 1)
         val = Subset(val, range(rank, len(val), world_size))
     return Data(train=train_loader, calibration=calibration,
-                val=DataLoader(val, batch_size=eval_batch_size or batch_size, shuffle=False, drop_last=False, **loader),
+                val=DataLoader(val, batch_size=eval_batch_size or batch_size, shuffle=False, drop_last=False,
+                               persistent_workers=cfg.workers > 0 and cfg.persistent_workers, **loader),
                 num_classes=num_classes, image_size=cfg.image_size, description=description)
 
 
@@ -289,7 +318,7 @@ def _imagenet(cfg: DataConfig):
 
 class _InMemory(Dataset):
     """Pre-processed images in one tensor; with ``pad`` > 0 the images are stored padded and each item is a
-    random crop of the original size (torch's global RNG, which the trainer and DataLoader workers seed)."""
+    random crop of the original size (from torch's global RNG: in training, the loader's augmentation stream)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, pad: int = 0):
         self.images, self.labels, self.pad = images, labels, pad

@@ -43,6 +43,14 @@ class Distributed:
         dist.broadcast_object_list(box, src=0, group=self.control)
         return box[0]
 
+    def gather(self, value: Any) -> list | None:
+        """Every rank's ``value`` (picklable), in rank order, on rank 0; None on the other ranks."""
+        if not self.active:
+            return [value]
+        box = [None] * self.world_size if self.main else None
+        dist.gather_object(value, box, dst=0, group=self.control)
+        return box
+
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` is true on any rank (on every rank the same answer)."""
         if not self.active:
@@ -67,13 +75,19 @@ class Distributed:
 SINGLE = Distributed()
 
 
-def from_environment(device: torch.device) -> Distributed:
+def backend(cuda: bool) -> str:
+    """NCCL for CUDA tensors and gloo for CPU ones where the node has GPUs (each collective goes by its tensor's
+    device, so arms on either device train in one process group), else gloo."""
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
+
+def from_environment() -> Distributed:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``...)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return SINGLE
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+        dist.init_process_group(backend(torch.cuda.is_available()), timeout=TIMEOUT)
     control = dist.new_group(backend="gloo", timeout=TIMEOUT)
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), control)
 
@@ -102,36 +116,48 @@ class _SumOverRanks(torch.autograd.Function):
         return grad
 
 
-class GlobalBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are those of the global batch over all ranks, on any device.
+def global_batch_norm_2d(bn: nn.BatchNorm2d, x: torch.Tensor, reduce=_SumOverRanks.apply) -> torch.Tensor:
+    """``bn``'s training forward with the statistics of the global batch: sums (with autograd) are ``reduce``d over
+    the ranks. Statistics are computed and kept in float32 whatever ``x``'s dtype (bf16 under autocast); the output
+    has ``x``'s dtype, as BatchNorm2d's. The two-pass mean / variance is the numerically stable form."""
+    dims = (0, 2, 3)
+    xf = x.float()
+    n = reduce(torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32))
+    mean = reduce(xf.sum(dims)) / n
+    centred = xf - mean[None, :, None, None]
+    var = reduce(centred.pow(2).sum(dims)) / n
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            bn.running_mean.lerp_(mean.detach().to(bn.running_mean.dtype), bn.momentum)
+            unbiased = var.detach() * n / (n - 1)  # as BatchNorm2d
+            bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), bn.momentum)
+    y = centred * torch.rsqrt(var + bn.eps)[None, :, None, None]
+    if bn.affine:
+        y = y * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+    return y.to(x.dtype)
 
-    The two-pass mean / variance (sums all-reduced with autograd) is the numerically stable form; with one
-    process, or in eval mode, it is exactly ``nn.BatchNorm2d``. The state dict is a BatchNorm2d's.
-    """
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch over all ranks, on any device and
+    backend (gloo included). With one process, or in eval mode, it is exactly ``nn.BatchNorm2d``. The state dict
+    is a BatchNorm2d's."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1) or self.momentum is None:
             return super().forward(x)
-        dims = (0, 2, 3)
-        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=x.dtype)
-        n = _SumOverRanks.apply(count)
-        mean = _SumOverRanks.apply(x.sum(dims)) / n
-        centred = x - mean[None, :, None, None]
-        var = _SumOverRanks.apply(centred.pow(2).sum(dims)) / n
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                self.running_mean.lerp_(mean.detach(), self.momentum)
-                self.running_var.lerp_(var.detach() * n / (n - 1), self.momentum)  # unbiased, as BatchNorm2d
-        y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
-        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None] if self.affine else y
+        return global_batch_norm_2d(self, x)
 
 
-def global_batch_norm(model: nn.Module) -> nn.Module:
-    """Every ``nn.BatchNorm2d`` of ``model`` becomes a ``GlobalBatchNorm2d`` holding the same tensors."""
+def sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every ``nn.BatchNorm2d`` of ``model`` normalises over the global batch, holding the same tensors: torch's
+    ``nn.SyncBatchNorm`` (fused kernels) on CUDA, ``GlobalBatchNorm2d`` elsewhere (SyncBatchNorm needs a GPU)."""
     for module in model.modules():
         if type(module) is nn.BatchNorm2d:
-            module.__class__ = GlobalBatchNorm2d  # same attributes, parameters and buffers; only forward differs
+            if device.type == "cuda":  # same attributes, parameters and buffers; only forward differs
+                module.__class__, module.process_group = nn.SyncBatchNorm, None
+            else:
+                module.__class__ = GlobalBatchNorm2d
     return model
 
 

@@ -3,7 +3,7 @@ run cleanly: inside the training loop the
 current step finishes and a checkpoint is written first; anywhere else the stop is immediate. A second Ctrl-C
 stops at once. The runs are then closed as KILLED and the process exits non-zero; the same command resumes.
 
-``install()`` is called by the command line only: a library user keeps Python's own signal behaviour.
+``installed()`` is entered by the command line only: a library user keeps Python's own signal behaviour.
 """
 from __future__ import annotations
 
@@ -36,11 +36,23 @@ def _handler(signum, frame):
         raise Interrupted(signum)
 
 
-def install() -> None:
-    """Route SIGINT and SIGTERM through this module (main thread only: Python delivers signals there)."""
-    if threading.current_thread() is threading.main_thread():
-        for s in SIGNALS:
-            signal.signal(s, _handler)
+@contextmanager
+def installed() -> Iterator[None]:
+    """Route the stop signals through this module for the block (main thread only: Python delivers signals
+    there); afterwards the handlers that were there before (Python's, or a job runner's such as submitit's) are
+    back and no stop is pending."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, _handler)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        reset()
 
 
 def requested() -> int | None:

@@ -68,25 +68,27 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
-def run_on_gpus(jobs: list[Job], logs: Path, *, gpus_per_job: int = 1, cpu_slots: int | None = None,
-                echo: Callable[[str], None] = print) -> int:
-    """Run ``jobs`` concurrently: one slot of ``gpus_per_job`` GPUs each, or ``cpu_slots`` CPU slots when given
-    (no GPU). Each job's output goes to ``logs/<arm>-seed<k>.log``. Returns the number of failed jobs."""
+def run_on_gpus(jobs: list[Job], logs: Path, *, gpus_per_job: int = 1, jobs_per_gpu: int = 1,
+                cpu_slots: int | None = None, echo: Callable[[str], None] = print) -> int:
+    """Run ``jobs`` concurrently: ``jobs_per_gpu`` at a time on each slot of ``gpus_per_job`` GPUs, or on each of
+    ``cpu_slots`` CPU slots when given (no GPU). Each job's output goes to ``logs/<arm>-seed<k>.log``. Returns the
+    number of failed jobs."""
     if cpu_slots is not None:
-        slots = [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // cpu_slots))}
-                 for _ in range(cpu_slots)]
+        threads = max(1, (os.cpu_count() or 1) // (cpu_slots * jobs_per_gpu))
+        devices = [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads)} for _ in range(cpu_slots)]
         processes = 1
     else:
         gpus = visible_gpus()
         if len(gpus) < gpus_per_job:
             raise RuntimeError(f"the gpus launcher needs {gpus_per_job} GPU(s) per job and sees {len(gpus)} "
                                "(CUDA_VISIBLE_DEVICES); use --cpu-slots N to run on CPUs")
-        slots = [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i:i + gpus_per_job])}
-                 for i in range(0, len(gpus) - gpus_per_job + 1, gpus_per_job)]
+        devices = [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i:i + gpus_per_job])}
+                   for i in range(0, len(gpus) - gpus_per_job + 1, gpus_per_job)]
         processes = gpus_per_job
+    slots = [env for env in devices for _ in range(jobs_per_gpu)]  # K jobs share each device at once
     logs.mkdir(parents=True, exist_ok=True)
     waiting, running, failed = list(jobs), {}, []
-    echo(f"{len(jobs)} job(s) on {len(slots)} slot(s); logs in {logs}")
+    echo(f"{len(jobs)} job(s) on {len(devices)} slot(s) x {jobs_per_gpu} job(s) each; logs in {logs}")
     while waiting or running:
         for slot, env in enumerate(slots):
             if slot not in running and waiting:
@@ -133,9 +135,12 @@ class SuiteJob:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             os.environ["LOCAL_RANK"] = str(env.local_rank)
         requeue = signal.getsignal(PREEMPTION)  # submitit's checkpoint-and-requeue handler
-        code = suite_main(list(self.argv))
-        if code == 128 + PREEMPTION and callable(requeue):
-            requeue(PREEMPTION, None)  # checkpoint() below, requeue, exit
+        code = suite_main(list(self.argv))  # its own signal handling ends with it: submitit's is back
+        if code == 128 + PREEMPTION:
+            if env.global_rank != 0:  # rank 0 checkpointed and requeues the whole job; an error exit here could
+                return 0              # make SLURM (KillOnBadExit) kill rank 0 before it does
+            if callable(requeue):
+                requeue(PREEMPTION, None)  # checkpoint() below, requeue, exit
         if code:
             raise RuntimeError(f"suite {shlex.join(self.argv)} exited with code {code}")
         return code
@@ -157,6 +162,7 @@ class Cluster:
     account: str | None = None
     signal_delay_s: int = 180  # SIGUSR2 this long before the time limit: time to finish a step and checkpoint
     max_requeues: int = 10  # a job stopped this often by its time limit fails instead of requeueing
+    jobs_per_gpu: int = 1  # the gpus launcher's, in the manifest's cluster block; not used by SLURM
 
 
 def submit_to_slurm(jobs: list[Job], folder: Path, cluster: Cluster, *, executor: str = "slurm",

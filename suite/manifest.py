@@ -121,6 +121,9 @@ class ClusterSpec(_Strict):
     gpus_per_job: int = Field(1, ge=1, le=64)
     cpus_per_task: int = Field(8, ge=1, le=512)
     account: str | None = None
+    jobs_per_gpu: int = Field(1, ge=1, le=64, description="gpus launcher: jobs sharing each GPU slot at once (a "
+                                                           "small model leaves most of a GPU idle; `suite doctor` "
+                                                           "suggests a value)")
 
 
 class Arm(_Strict):

@@ -84,7 +84,8 @@ class Invocation:
         cfg = arm.config
         return {**self.tags, "suite.arm": arm.name, "suite.seed": str(seed), "suite.method": cfg.method.name,
                 "suite.bits": ",".join(map(str, cfg.method.bits)), "suite.dataset": cfg.data.dataset,
-                "suite.model": cfg.model.arch}
+                "suite.model": cfg.model.arch, "suite.device": str(resolve_device(cfg.recipe.device)),
+                "suite.precision": cfg.recipe.precision, "suite.deterministic": str(cfg.recipe.deterministic).lower()}
 
 
 
@@ -118,7 +119,7 @@ def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = 
     other tasks run on rank 0 alone.
     """
     m = loaded.manifest
-    dist = from_environment(resolve_device(m.recipe.device))
+    dist = from_environment()
     checkpoints = preflight(loaded, dist)
     if not dist.main:
         inv = Invocation(loaded, Path(results_dir), progress, echo, dist)

@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
-from suite import interrupts
+from suite import interrupts, numerics, rng
 from suite.checkpoints import CheckpointSeries, read_checkpoint
-from suite.distributed import SINGLE, Distributed, data_parallel, global_batch_norm, local_device, no_sync
+from suite.distributed import SINGLE, Distributed, data_parallel, local_device, no_sync, sync_batch_norm
 from suite.methods.api import ParamGroup, Trainable
 from suite.recipe import Recipe
+from suite.rng import seed_everything
 
 try:
     from tqdm.auto import tqdm
@@ -39,12 +38,6 @@ except ImportError:  # a bare GPU image may lack tqdm; progress bars are a nicet
         return iterable
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,11 +54,7 @@ def make_optimizers(groups: list[ParamGroup]) -> list[torch.optim.Optimizer]:
 
 def training_forward(model: nn.Module, recipe: Recipe) -> Callable[[torch.Tensor], torch.Tensor]:
     """What the training step calls: the model itself, or ``torch.compile(model)`` (sharing its parameters)."""
-    return torch.compile(model) if recipe.compile else model
-
-
-def autocast_dtype(recipe: Recipe) -> torch.dtype | None:
-    return torch.bfloat16 if recipe.precision == "bf16" else None
+    return torch.compile(model, mode=recipe.compile_mode) if recipe.compile else model
 
 
 def train_step(trainable: Trainable, forward: Callable[[torch.Tensor], torch.Tensor],
@@ -94,12 +83,13 @@ def train_step(trainable: Trainable, forward: Callable[[torch.Tensor], torch.Ten
     return losses
 
 
-def _reseed(loader: Iterable, value: int) -> None:
-    """Seed the global RNGs (augmentation, random draws), the loader's generator (its workers' RNG) and its
-    sampler's permutation."""
+def _reseed(loader: Iterable, value: int, rank: int = 0) -> None:
+    """Seed the streams of an epoch from ``value``: the global RNGs (the model's random draws) and the sampler's
+    permutation alike on every rank, the loader's generator (the augmentation: ``suite.data``) with this rank's
+    own stream."""
     seed_everything(value)
     if getattr(loader, "generator", None) is not None:
-        loader.generator.manual_seed(value)
+        loader.generator.manual_seed(rng.rank_seed(value, rank))
     if hasattr(getattr(loader, "sampler", None), "seed"):
         loader.sampler.seed = value
 
@@ -114,25 +104,6 @@ def _limited(loader: Iterable, steps: int | None) -> Iterator:
 def _to(device: torch.device, batches: Iterable) -> Iterator:
     for x, y in batches:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every global RNG the training step or the data pipeline may draw from, as checkpointable data."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @torch.no_grad()
@@ -184,7 +155,7 @@ class Progress:
     step: int = 0  # steps of ``epoch`` already done (a stop between steps)
     steps_done: int = 0  # in the whole run: orders the checkpoints
     loss_sums: dict[int, float] = field(default_factory=dict)  # of ``epoch``'s steps done
-    rng: dict[str, Any] | None = None  # the global RNGs right after step ``step``
+    rng: list[dict[str, Any]] | dict[str, Any] | None = None  # every rank's RNGs right after step ``step``
     history: list[dict] = field(default_factory=list)
     best_mean: float = 0.0
     best_epoch: int = -1
@@ -233,16 +204,19 @@ def fit(
         return finished
 
     device = local_device(resolve_device(recipe.device), dist)
+    numerics.configure(recipe.precision, recipe.deterministic)
     model, bits = trainable.model.to(device), trainable.bits
     optimizers = make_optimizers(trainable.param_groups(recipe))
     schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=recipe.epochs, eta_min=0) for o in optimizers]
     last, best = CheckpointSeries(run_dir, "last", keep=2, warn=warn), CheckpointSeries(run_dir, "best", keep=1, warn=warn)
 
     state, resumed_from = Progress(), None
-    found = last.latest(map_location=device) if dist.main else None  # rank 0 picks (setting damaged files aside)
+    # Read onto the CPU: load_state_dict copies the tensors to the model's and optimisers' devices, while the RNG
+    # states and the optimisers' step counters must stay CPU tensors.
+    found = last.latest() if dist.main else None  # rank 0 picks (setting damaged files aside)
     path = dist.from_main(found[1] if found else None)
     if path is not None:
-        saved = found[0] if dist.main else read_checkpoint(path, map_location=device)
+        saved = found[0] if dist.main else read_checkpoint(path)
         model.load_state_dict(saved["model"])
         for o, s in zip(optimizers, saved["optimizers"]):
             o.load_state_dict(s)
@@ -252,10 +226,10 @@ def fit(
         resumed_from = state.epoch
     elif trainable.initialize is not None:
         calibration = calibration_loader or train_loader
-        _reseed(calibration, seed * 100_003 - 1)
+        _reseed(calibration, seed * 100_003 - 1)  # rank 0's stream on every rank: the same calibration
         trainable.initialize(model, _to(device, calibration))
     if dist.active and recipe.sync_bn:  # after calibration, which every rank runs on the same, whole batches
-        global_batch_norm(model)
+        sync_batch_norm(model, device)
 
     def checkpoint() -> None:
         if dist.main:
@@ -271,7 +245,7 @@ def fit(
     metrics = state.best_final
     for epoch in range(state.epoch, recipe.epochs):
         # Re-seed per epoch so a resumed run sees the same batches, augmentation and sampling as an unbroken one.
-        _reseed(train_loader, seed * 100_003 + epoch)
+        _reseed(train_loader, seed * 100_003 + epoch, dist.rank)
         if trainable.on_epoch_start is not None:
             trainable.on_epoch_start(epoch, recipe.epochs)
         model.train()
@@ -281,16 +255,24 @@ def fit(
         if state.step:  # resuming between two steps: fetch the batches done (the data RNGs replay them exactly),
             for _ in range(state.step):  # then put back the RNGs as they were after the last step done
                 next(batches)
-            _set_rng_state(state.rng)
+            own = rng.of_rank(state.rng, dist.rank, dist.world_size)
+            if own is None:
+                warn(f"warning: resuming mid-epoch on {dist.world_size} process(es), the checkpoint was written by "
+                     "another number: the rest of this epoch draws other augmentation than an unbroken run")
+                seed_everything(rng.rank_seed(seed * 100_003 + epoch, dist.rank) + state.step)
+            else:
+                rng.restore(own, device)
         total = recipe.steps_per_epoch or (len(train_loader) if hasattr(train_loader, "__len__") else None)
         with interrupts.deferred():
             for x, y in tqdm(_to(device, batches), total=total, initial=state.step, leave=False,
                              disable=not progress or not dist.main, desc=f"epoch {epoch + 1}/{recipe.epochs}"):
-                for b, loss in train_step(trainable, forward, optimizers, x, y, autocast_dtype(recipe)).items():
+                for b, loss in train_step(trainable, forward, optimizers, x, y,
+                                          numerics.autocast_dtype(recipe.precision)).items():
                     loss_sums[b] += loss
                 state.step, state.steps_done = state.step + 1, state.steps_done + 1
                 if dist.any(interrupts.requested() is not None):  # every rank stops after the same step
-                    state.epoch, state.rng, state.loss_sums = epoch, _rng_state(), global_mean(loss_sums)
+                    state.epoch, state.loss_sums = epoch, global_mean(loss_sums)
+                    state.rng = dist.gather(rng.capture(device))
                     checkpoint()
                     raise interrupts.Interrupted(interrupts.requested() or signal.SIGTERM,
                                                  f"in epoch {epoch + 1} after step {state.step}")

@@ -71,6 +71,7 @@ def test_smoke_run_is_tracked_in_mlflow(smoke_run):
     tags, params = run.data.tags, run.data.params
     assert tags["suite.profile"] == "smoke" and tags["suite.scale"] == "smoke-scale"
     assert {"git.commit", "git.dirty", "torch.version", "suite.device", "suite.manifest_hash"} <= set(tags)
+    assert (tags["suite.precision"], tags["suite.deterministic"]) == ("fp32", "true")
     assert params["recipe.epochs"] == "2" and params["method.options.selection"] == "amortization"
     history = client.get_metric_history(run.info.run_id, "val_top1_b4")
     assert [m.step for m in history] == [0, 1]

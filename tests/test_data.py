@@ -196,7 +196,7 @@ def test_digits_split_fixed_across_run_seeds_order_seeded():
     a2 = build_data(DataConfig(dataset="digits", image_size=16), batch_size=32, seed=1)
     # Same split whatever the run seed.
     assert torch.equal(a.val.dataset.images, b.val.dataset.images) and torch.equal(a.val.dataset.labels, b.val.dataset.labels)
-    assert torch.equal(a.train.dataset.images, b.train.dataset.images)
+    assert torch.equal(a.train.dataset.dataset.images, b.train.dataset.dataset.images)
     assert _labels(a.val) == _labels(b.val)
     # Training order: seeded by the run seed, reproducible; the trainer sets the sampler's seed every epoch.
     first = _labels(a.train)
@@ -206,17 +206,21 @@ def test_digits_split_fixed_across_run_seeds_order_seeded():
     assert _labels(a.train) != first
     a.train.sampler.seed = 1
     assert _labels(a.train) == first
-    # Pixels (random crops) too, given the global seed the trainer sets.
+    # Pixels (random crops) too, given the loader's generator, which the trainer seeds; the global RNG (the
+    # model's random draws) plays no part.
+    a.train.generator.manual_seed(0)
     torch.manual_seed(0)
     xa = next(iter(a.train))[0]
-    torch.manual_seed(0)
+    a2.train.generator.manual_seed(0)
+    torch.manual_seed(1)
+    state = torch.get_rng_state()
     xa2 = next(iter(a2.train))[0]
-    assert torch.equal(xa, xa2)
+    assert torch.equal(xa, xa2) and torch.equal(torch.get_rng_state(), state)
 
 
 def test_digits_train_augmentation_is_a_padded_crop():
     data = build_data(DataConfig(dataset="digits", image_size=16), batch_size=16, seed=0)
-    ds = data.train.dataset
+    ds = data.train.dataset.dataset
     assert ds.pad == 2 and ds.images.shape[-1] == 20
     torch.manual_seed(0)
     crops = {tuple(ds[0][0].flatten()[:40].tolist()) for _ in range(30)}
@@ -231,7 +235,7 @@ def test_digits_limits():
     assert len(data.train.dataset) == 100 and len(data.val.dataset) == 40
     assert len(data.train) == 3 and "train_limit 100 of 1347" in data.description
     again = build_data(cfg, batch_size=32, seed=5)
-    assert data.train.dataset.indices == again.train.dataset.indices  # same subset for every run seed
+    assert data.train.dataset.dataset.indices == again.train.dataset.dataset.indices  # same subset for every run seed
     with pytest.raises(ValueError, match="train_limit: must be .*<= 1347, got 2000"):
         build_data(DataConfig(dataset="digits", train_limit=2000), batch_size=32, seed=0)
     with pytest.raises(ValueError, match="val_limit: must be .*<= 450, got 451"):

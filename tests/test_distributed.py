@@ -33,7 +33,7 @@ def join(rank: int, world: int, port: int):
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    return from_environment(torch.device("cpu"))
+    return from_environment()
 
 
 def without_augmentation(data):

@@ -56,7 +56,7 @@ def test_published_transforms(imagenet_root):
     from torchvision import transforms
 
     data = build_data(DataConfig(dataset="imagenet", root=str(imagenet_root), image_size=224), 2, 0)
-    train_tf, val_tf = data.train.dataset.transform.transforms, data.val.dataset.transform.transforms
+    train_tf, val_tf = data.train.dataset.dataset.transform.transforms, data.val.dataset.transform.transforms
     assert [type(t) for t in train_tf] == [transforms.RandomResizedCrop, transforms.RandomHorizontalFlip,
                                            transforms.ToTensor, transforms.Normalize]
     assert train_tf[0].size == (224, 224) and train_tf[0].scale == (0.08, 1.0)

@@ -112,15 +112,8 @@ def test_sigterm_finishes_the_step_checkpoints_mid_epoch_and_resumes_exactly(tmp
         return loss(logits, targets, earlier)
 
     trainable.loss = signalling_loss
-    previous = {s: signal.getsignal(s) for s in interrupts.SIGNALS}
-    interrupts.install()
-    try:
-        with pytest.raises(interrupts.Interrupted, match="SIGTERM in epoch 2 after step 3"):
-            fit(trainable, data.train, data.val, TINY, seed=0, run_dir=tmp_path / "b", progress=False)
-    finally:
-        interrupts.reset()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    with interrupts.installed(), pytest.raises(interrupts.Interrupted, match="SIGTERM in epoch 2 after step 3"):
+        fit(trainable, data.train, data.val, TINY, seed=0, run_dir=tmp_path / "b", progress=False)
     saved, _ = CheckpointSeries(tmp_path / "b", "last").latest()
     assert (saved["progress"]["epoch"], saved["progress"]["step"]) == (1, 3)
     resumed_model = tiny_trainable()

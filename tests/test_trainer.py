@@ -107,8 +107,8 @@ def test_compiled_training_forward_gives_the_eager_run(tmp_path, monkeypatch):
     needs no compiler): same losses and accuracies as the eager run, checkpoints keyed like the eager model's."""
     compiled, real_compile = [], torch.compile
 
-    def capture_only(model):
-        compiled.append(model)
+    def capture_only(model, mode):
+        compiled.append((model, mode))
         return real_compile(model, backend="eager")
 
     monkeypatch.setattr(torch, "compile", capture_only)
@@ -119,7 +119,7 @@ def test_compiled_training_forward_gives_the_eager_run(tmp_path, monkeypatch):
     on = Recipe(**{**short.__dict__, "compile": True})
     trainable = tiny_trainable()
     graph = fit(trainable, data.train, data.val, on, seed=0, run_dir=tmp_path / "compiled", progress=False)
-    assert compiled == [trainable.model]
+    assert compiled == [(trainable.model, "default")]
     assert graph.history == eager.history and graph.final == eager.final
     saved, _ = CheckpointSeries(tmp_path / "compiled", "best").latest()
     assert saved["model"].keys() == trainable.model.state_dict().keys()

@@ -21,7 +21,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from suite.layers.base import FP_BITS, SingleBranchConv
-from suite.layers.quant import activation_bounds, round_to_levels_, scale_gradient, tanh_max, tanh_max_backward
+from suite.layers.quant import activation_bounds, in_float32, round_to_levels_, scale_gradient, tanh_max, \
+    tanh_max_backward
 
 
 def _nested_grid_(x: torch.Tensor, bits: int, centered: bool) -> torch.Tensor:
@@ -45,7 +46,7 @@ class _NestedGridSTE(torch.autograd.Function):
 
 def nested_grid(x: torch.Tensor, bits: int, grid: str) -> torch.Tensor:
     """Snap ``x`` in [0, 1] onto AdaBits' b-bit ``modified`` or ``centered`` grid (straight-through)."""
-    return _NestedGridSTE.apply(x, bits, grid == "centered")
+    return _NestedGridSTE.apply(in_float32(x), bits, grid == "centered")
 
 
 class _AdaBitsWeight(torch.autograd.Function):
@@ -102,7 +103,7 @@ class _PACT(torch.autograd.Function):
 
 def pact_quantize(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
     """AdaBits' activation quantizer at clipping level ``alpha`` (>= 0) onto ``2**bits`` levels."""
-    return _PACT.apply(x, alpha, 2**bits)
+    return _PACT.apply(in_float32(x), alpha, 2**bits)
 
 
 class AdaBitsConv(SingleBranchConv):

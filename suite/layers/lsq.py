@@ -18,7 +18,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from suite.layers.base import FP_BITS, SingleBranchConv
-from suite.layers.quant import clamp_backward, round_to_levels_, scale_gradient
+from suite.layers.quant import clamp_backward, in_float32, round_to_levels_, scale_gradient
 
 STEP_FLOOR = 1e-8
 STEP_NAMES = ("w_step", "a_step")
@@ -67,7 +67,7 @@ def lsq_quantize(v: torch.Tensor, step: torch.Tensor, qn: int, qp: int, numel: i
     ``discretize`` does. Gradients: d/dv = 1 inside the range, 0 outside; d/ds = round(v/s) - v/s inside,
     -qn / qp outside (times g), exactly LSQ.
     """
-    return _LSQ.apply(v, grad_scale(step, 1.0 / math.sqrt(numel * qp)), qn, qp)
+    return _LSQ.apply(in_float32(v), grad_scale(step, 1.0 / math.sqrt(numel * qp)), qn, qp)
 
 
 def weight_range(bits: int) -> tuple[int, int]:

@@ -20,6 +20,17 @@ import torch
 from torch.autograd.function import once_differentiable
 
 
+HALF_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def in_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` upcast to float32 if it is bf16 / fp16 (activations under autocast), else ``x`` itself (float32 and
+    float64 untouched, no copy). Every quantizer computes on its result: on a bf16 grid up to 9 % of 8-bit
+    activations land on another level, and methods whose parameters are scalars would otherwise compute in
+    bf16 while those with per-branch parameters promote to float32. The gradient returns in ``x``'s dtype."""
+    return x.float() if x.dtype in HALF_PRECISION else x
+
+
 class _RoundSTE(torch.autograd.Function):
     """``round(x * (levels - 1)) / (levels - 1)`` forward, identity backward (straight-through estimator).
 
@@ -38,7 +49,7 @@ class _RoundSTE(torch.autograd.Function):
 
 def discretize(x: torch.Tensor, levels: int) -> torch.Tensor:
     """Snap ``x`` in [0, 1] onto ``levels`` evenly spaced values; gradients pass straight through."""
-    return _RoundSTE.apply(x, levels)
+    return _RoundSTE.apply(in_float32(x), levels)
 
 
 def round_to_levels_(unit: torch.Tensor, levels: int) -> torch.Tensor:
@@ -147,7 +158,7 @@ def quantize_weight(w: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, l
 
 def quantize_activation(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, bits: int) -> torch.Tensor:
     """Learnable-bound activation quantizer onto ``2**bits`` levels in [0, 1] (not rescaled)."""
-    return _BoundedQuant.apply(x, lower, upper, 2**bits, False)
+    return _BoundedQuant.apply(in_float32(x), lower, upper, 2**bits, False)
 
 
 class _ClampRound(torch.autograd.Function):
@@ -167,7 +178,7 @@ class _ClampRound(torch.autograd.Function):
 
 def clamp_discretize(x: torch.Tensor, levels: int) -> torch.Tensor:
     """``discretize(torch.clamp(x, 0, 1), levels)`` fused (Any-Precision's activation quantizer)."""
-    return _ClampRound.apply(x, levels)
+    return _ClampRound.apply(in_float32(x), levels)
 
 
 def tanh_max_backward(grad: torch.Tensor, t: torch.Tensor, m: torch.Tensor, halve: bool) -> torch.Tensor:
