@@ -9,10 +9,10 @@ from typing import Any, Callable
 
 import torch
 
+from suite import numerics
 from suite.data import num_classes
 from suite.methods import method as get_method
 from suite.recipe import Recipe
-from suite.numerics import autocast_dtype
 from suite.trainer import make_optimizers, resolve_device, train_step, training_forward
 
 
@@ -32,6 +32,7 @@ def make_train_step(model: str = "resnet20", dataset: str = "cifar100", bits: li
     ``synchronize`` the callable returns only once the device is done (for timing asynchronous CUDA kernels).
     """
     recipe = recipe or Recipe()
+    numerics.configure(recipe.precision, recipe.deterministic)  # the arithmetic fit() would run
     bits = list(bits or [2, 4, 6, 8])
     dev = torch.device(device) if device is not None else resolve_device(recipe.device)
     if batch is None:
@@ -48,7 +49,7 @@ def make_train_step(model: str = "resnet20", dataset: str = "cifar100", bits: li
     forward = training_forward(trainable.model, recipe)
 
     def step() -> dict[int, torch.Tensor]:
-        losses = train_step(trainable, forward, optimizers, x, y, autocast_dtype(recipe.precision))
+        losses = train_step(trainable, forward, optimizers, x, y, numerics.autocast_dtype(recipe.precision))
         if synchronize and dev.type == "cuda":
             torch.cuda.synchronize(dev)
         return losses

@@ -1,4 +1,4 @@
-"""Command line: ``python -m suite {run,plan,list,report,quickstart,import-checkpoint,import-runs}`` (also
+"""Command line: ``python -m suite {run,plan,doctor,list,report,quickstart,import-checkpoint,import-runs}`` (also
 installed as ``suite``)."""
 from __future__ import annotations
 
@@ -73,8 +73,23 @@ def cmd_plan(args) -> int:
     from suite.plan import plan
 
     loaded = load_manifest(args.manifest, args.profile, parse_set_options(args.set)).subset(args.arm, args.seed)
-    plan(loaded, args.results, step_seconds=args.step_time, probe_batch=args.probe_batch)
+    plan(loaded, args.results, step_seconds=args.step_time, probe_batch=args.probe_batch,
+         jobs_per_gpu=args.jobs_per_gpu, gain=args.gain)
     return 0
+
+
+def cmd_doctor(args) -> int:
+    from suite.doctor import Options, failed, render, run_doctor, save
+    from suite.manifest import load_manifest, parse_set_options
+
+    loaded = load_manifest(args.manifest, args.profile, parse_set_options(args.set)) if args.manifest else None
+    what = f"{args.manifest} (profile {args.profile})" if loaded else "this machine (no manifest)"
+    print(f"suite doctor: {what}")
+    checks = run_doctor(loaded, Options(args.results, args.memory_gib, args.compile))
+    print("\n" + render(checks))
+    if args.json:
+        save(checks, args.json)
+    return 1 if failed(checks) else 0
 
 
 def cmd_import_runs(args) -> int:
@@ -185,7 +200,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds per joint step at the manifest's batch, instead of the probe")
     pl.add_argument("--probe-batch", type=int, default=None,
                     help="images in the probe's batch (default: 32, or 8 for images above 64 pixels)")
+    pl.add_argument("--jobs-per-gpu", type=_positive, default=1, metavar="K",
+                    help="K jobs sharing each GPU (the gpus launcher's --jobs-per-gpu): adds their wall time")
+    pl.add_argument("--gain", type=float, default=None, metavar="G",
+                    help="throughput of K jobs sharing a GPU relative to one job's, as `suite doctor` measured it")
     pl.set_defaults(func=cmd_plan)
+
+    doc = sub.add_parser("doctor", help="a preflight of this machine for a manifest (minutes): environment, data, "
+                                        "step time and memory, distributed, store; a table of pass / warn / fail")
+    doc.add_argument("manifest", type=Path, nargs="?", default=None,
+                     help="the manifest to check the machine for (none: the machine alone)")
+    doc.add_argument("--memory-gib", type=float, default=None, metavar="GIB",
+                     help="memory budget per device (default: the device's memory, or this machine's RAM)")
+    doc.add_argument("--compile", choices=["auto", "none", "first", "all"], default="auto",
+                     help="arms whose compiled step is measured too (auto: the first arm on a GPU, none on a CPU)")
+    doc.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the checks as JSON")
+    doc.set_defaults(func=cmd_doctor)
 
     imp_runs = sub.add_parser("import-runs", help="merge the run bundles under DIR (run --offline) into the store")
     imp_runs.add_argument("bundles", type=Path, metavar="DIR")
@@ -221,15 +251,16 @@ def main(argv: list[str] | None = None) -> int:
                      help="allow arbitrary pickled objects in the file (only for files you trust)")
     imp.set_defaults(func=cmd_import_checkpoint)
 
-    for p in (run, pl):
+    for p in (run, pl, doc):
         p.add_argument("--profile", default="paper", help="named profile of the manifest (default: paper)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a manifest field, e.g. --set recipe.epochs=3 (repeatable)")
+    for p in (run, pl):
         p.add_argument("--arm", action="append", default=None, metavar="NAME", help="only this arm (repeatable)")
         p.add_argument("--seed", action="append", default=None, type=int, metavar="K", help="only this seed (repeatable)")
     for p in (run, quick):
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    for p in (run, rep, quick, imp, imp_runs, pl):
+    for p in (run, rep, quick, imp, imp_runs, pl, doc):
         p.add_argument("--results", type=Path, default=RESULTS, help="run store and MLflow database (default: results)")
     for p in (rep, quick):
         p.add_argument("--out", type=Path, default=REPORT, help=f"PDF path (default: {REPORT})")

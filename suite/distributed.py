@@ -81,10 +81,11 @@ def backend(cuda: bool) -> str:
     return "cpu:gloo,cuda:nccl" if cuda else "gloo"
 
 
-def from_environment() -> Distributed:
-    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``...)."""
+def from_environment(*, alone_too: bool = False) -> Distributed:
+    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``...).
+    A world of one process joins none, unless ``alone_too`` (to exercise the backend itself)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and not alone_too:
         return SINGLE
     if not dist.is_initialized():
         dist.init_process_group(backend(torch.cuda.is_available()), timeout=TIMEOUT)
@@ -121,8 +122,8 @@ def global_batch_norm_2d(bn: nn.BatchNorm2d, x: torch.Tensor, reduce=_SumOverRan
     the ranks. Statistics are computed and kept in float32 whatever ``x``'s dtype (bf16 under autocast); the output
     has ``x``'s dtype, as BatchNorm2d's. The two-pass mean / variance is the numerically stable form."""
     dims = (0, 2, 3)
-    xf = x.float()
-    n = reduce(torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32))
+    xf = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x  # float64 stays float64
+    n = reduce(torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=xf.dtype))
     mean = reduce(xf.sum(dims)) / n
     centred = xf - mean[None, :, None, None]
     var = reduce(centred.pow(2).sum(dims)) / n

@@ -18,9 +18,10 @@ import os
 
 import torch
 
-PRECISIONS = ("fp32", "tf32", "bf16")
-# cuBLAS needs a fixed workspace to be deterministic; read when cuBLAS first initialises (set before any CUDA use).
+# cuBLAS is deterministic only with a fixed workspace, which it reads when its first handle is made: set here, on
+# import, before any CUDA work (a user's own setting wins).
 CUBLAS_WORKSPACE = ":4096:8"
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
@@ -48,13 +49,9 @@ def tf32_enabled() -> bool:
     return bool(torch.backends.cudnn.allow_tf32)
 
 
-def configure(precision: str, deterministic: bool) -> dict[str, str]:
-    """Set this process's arithmetic for a run; returns what was set, as the run's tags record it."""
+def configure(precision: str, deterministic: bool) -> None:
+    """Set this process's arithmetic for a run (its tags record ``precision`` and ``deterministic``)."""
     set_tf32(precision == "tf32")
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    return {"suite.precision": precision, "suite.tf32": str(tf32_enabled()).lower(),
-            "suite.deterministic": str(deterministic).lower()}

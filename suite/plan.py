@@ -97,9 +97,13 @@ def finished_runs_lookup(results: Path) -> Callable[[str], str | None]:
     return lookup
 
 
-def plan(loaded: LoadedManifest, results: Path, *, step_seconds: float | None = None, probe_batch: int | None = None,
+def plan(loaded: LoadedManifest, results: Path, *, step_seconds: float | dict[str, float] | None = None,
+         probe_batch: int | None = None, jobs_per_gpu: int = 1, gain: float | None = None,
          echo: Callable[[str], None] = print) -> list[JobPlan]:
-    """Every job of ``loaded`` with its state and estimated device-hours; prints the table and the totals."""
+    """Every job of ``loaded`` with its state and estimated device-hours; prints the table and the totals.
+    ``step_seconds``: one time for every arm, or one per arm name (``suite doctor``'s measurements). With
+    ``jobs_per_gpu`` K > 1 and ``gain`` (the measured throughput of K jobs sharing a GPU, relative to one job's),
+    the wall time on one GPU is printed too."""
     lookup = finished_runs_lookup(Path(results))
     probes: dict[str, float] = {}
     rows = []
@@ -109,8 +113,9 @@ def plan(loaded: LoadedManifest, results: Path, *, step_seconds: float | None = 
         for seed in loaded.manifest.seeds:
             state, done = job_state(arm, seed, Path(results), lookup)
             left = cfg.recipe.epochs * steps_per_epoch(cfg) - done
-            seconds = step_seconds or 0.0  # a finished job needs no probe
-            if step_seconds is None and left:
+            given = step_seconds.get(arm.name) if isinstance(step_seconds, dict) else step_seconds
+            seconds = given or 0.0  # a finished job needs no probe
+            if given is None and left:
                 if what not in probes:
                     probes[what] = probe_step_seconds(arm, probe_batch)
                 seconds = probes[what]
@@ -118,7 +123,8 @@ def plan(loaded: LoadedManifest, results: Path, *, step_seconds: float | None = 
             epochs_left = math.ceil(left / steps_per_epoch(cfg))
             evaluation = epochs_left * val / cfg.recipe.batch_size * seconds * EVAL_SHARE
             rows.append(JobPlan(arm.name, seed, state, left, seconds, (left * seconds + evaluation) / 3600))
-    source = f"{step_seconds} s per step (given)" if step_seconds is not None else \
+    source = "the steps measured by suite doctor" if isinstance(step_seconds, dict) else \
+        f"{step_seconds} s per step (given)" if step_seconds is not None else \
         f"a probe of the real step at batch {probe_batch or '32 (8 above 64 px)'}, scaled to each arm's batch, on " \
         f"{_device_name(loaded)}"
     width = max(len(r.arm) for r in rows)
@@ -129,6 +135,12 @@ def plan(loaded: LoadedManifest, results: Path, *, step_seconds: float | None = 
     echo(f"  total: {sum(r.hours for r in rows):,.1f} device-hours for {sum(r.steps_left > 0 for r in rows)} job(s) "
          f"to run (training steps, plus evaluation at {EVAL_SHARE:.2f} of a step per image); on k devices per job "
          "under torchrun, about 1/k of the wall time each")
+    if jobs_per_gpu > 1:
+        hours = sum(r.hours for r in rows)
+        echo(f"  {jobs_per_gpu} jobs per GPU: " + (
+            f"{hours / gain:,.1f} wall hours on one GPU (measured throughput {gain:.2f}x one job's)" if gain else
+            "the wall time needs the measured throughput of jobs sharing a GPU: `suite doctor MANIFEST` reports "
+            "it (--gain)"))
     return rows
 
 
