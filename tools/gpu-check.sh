@@ -41,13 +41,13 @@ stage() {  # stage NAME LIMIT_SECONDS LOG COMMAND...: one step, bounded, its out
   $py -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'cuDNN', torch.backends.cudnn.version())"
 } >"$work/environment" 2>&1
 
-stage "CUDA tests" 170 "$out/test_cuda.log" \
+stage "CUDA tests" 160 "$out/test_cuda.log" \
   $py -m pytest tests/test_cuda.py -q -o addopts="" -p no:cacheprovider -p no:randomly -ra --durations=15 \
   --junitxml="$out/test_cuda.xml"
-stage "doctor, Table 3 (paper recipe, digits)" 170 "$out/doctor-table3.log" \
+stage "doctor, Table 3 (paper recipe, digits)" 160 "$out/doctor-table3.log" \
   $py -m suite doctor experiments/table3_cifar100_resnet20_2468.yaml --profile paper --set data.dataset=digits \
   --results "$work/results"
-stage "benchmark" 130 "$out/bench.log" \
+stage "benchmark" 120 "$out/bench.log" \
   env SUITE_BENCH_DEVICE=cuda $py -m pytest tests/benchmarks --benchmark-only -o addopts="" -p no:cacheprovider \
   -p no:randomly -q --benchmark-json="$out/bench.json"
 stage "doctor, Table 1 (paper recipe, digits at 224)" 100 "$out/doctor-table1.log" \
