@@ -170,3 +170,31 @@ def test_slurm_array_asks_for_what_the_cluster_block_says(tmp_path, monkeypatch)
     for line in ("--array=0-1", "--partition=gpu", "--account=lab", "--time=90", "--gpus-per-node=2",
                  "--ntasks-per-node=2", "--signal=USR2@180", "--nodes=1"):
         assert f"#SBATCH {line}" in script
+
+
+def test_k_jobs_share_one_slot_at_once(tmp_path):
+    """--jobs-per-gpu 2 on one CPU slot: both jobs start before either ends (their commands are quick ones)."""
+    from suite.launch import Job, run_on_gpus
+
+    said = []
+    jobs = [Job("list", k, ("list", "--experiments", str(tmp_path))) for k in (0, 1, 2)]
+    assert run_on_gpus(jobs, tmp_path / "logs", jobs_per_gpu=2, cpu_slots=1, echo=said.append) == 0
+    assert said[0].startswith("3 job(s) on 1 slot(s) x 2 job(s) each")
+    events = [line.split()[0] for line in said[1:] if line.split()[0] in ("started", "done")]
+    assert events[:2] == ["started", "started"] and events.count("done") == 3
+
+
+def test_jobs_per_gpu_must_be_a_whole_number_of_one_or_more(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "x.yaml", "--launcher", "gpus", "--jobs-per-gpu", "0"])
+    assert exit_.value.code == 2 and "must be 1 or more, got 0" in capsys.readouterr().err
+
+
+def test_plan_prices_the_wall_time_of_jobs_sharing_a_gpu(tmp_path, results_dir, capsys):
+    manifest = write_manifest(tmp_path)
+    assert main(["plan", str(manifest), "--results", str(results_dir), "--step-time", "3600",
+                 "--jobs-per-gpu", "4", "--gain", "2.5"]) == 0
+    out = capsys.readouterr().out  # 2 epochs x 4 steps of an hour, evaluation 96 / 32 steps x 1/3 per epoch
+    assert "10.0 device-hours" in out and "4 jobs per GPU: 4.0 wall hours on one GPU (measured throughput 2.50x" in out
+    assert main(["plan", str(manifest), "--results", str(results_dir), "--step-time", "1", "--jobs-per-gpu", "2"]) == 0
+    assert "needs the measured throughput" in capsys.readouterr().out
