@@ -79,7 +79,8 @@ def cmd_plan(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from suite.doctor import Options, failed, render, run_doctor, save
+    from suite.doctor.checks import Options
+    from suite.doctor.preflight import failed, render, run_doctor, save
     from suite.manifest import load_manifest, parse_set_options
 
     loaded = load_manifest(args.manifest, args.profile, parse_set_options(args.set)) if args.manifest else None

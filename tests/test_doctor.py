@@ -7,7 +7,9 @@ import yaml
 
 from helpers import EXPERIMENTS
 from suite.cli import main
-from suite.doctor import Options, distributed, failed, render, run_doctor, store
+from suite.doctor import distributed, store
+from suite.doctor.checks import Options
+from suite.doctor.preflight import failed, render, run_doctor
 from suite.manifest import load_manifest
 
 TINY = {

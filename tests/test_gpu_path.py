@@ -5,7 +5,6 @@ and a multi-task SLURM job requeues from rank 0 alone. tests/test_cuda.py runs t
 import os
 import signal
 import tempfile
-from pathlib import Path
 
 import pytest
 import torch

@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict
 
 from suite.data import DataError, DatasetNotFound, build_data
-from suite.doctor import Check
+from suite.doctor.checks import Check
 
 LOADER_SECONDS = 3.0  # timed loading, after the first batch (worker start-up)
 LOADER_BATCHES = 20

@@ -1,5 +1,5 @@
 """Doctor: the distributed path as a job will take it, a torchrun world of every GPU of this node (2 gloo
-processes on a CPU), running ``suite.doctor.probe ddp``."""
+processes on a CPU), running ``suite.doctor.probe``."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from suite.data import num_classes
-from suite.doctor import Check
+from suite.doctor.checks import Check
 
 # The first step's losses, float64: one process and several differ only in summation order (~1e-15). Later steps
 # are not held to it: a quantized network's values sit on a discrete grid, where such last-bit differences move
@@ -40,7 +40,7 @@ def probe(loaded, perturb_rank: int | None = None) -> tuple[dict | None, str]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "probe.json"
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc-per-node={world_of_this_node()}", "-m", "suite.doctor.probe", "ddp", arch, method,
+                   f"--nproc-per-node={world_of_this_node()}", "-m", "suite.doctor.probe", arch, method,
                    json.dumps(bits), json.dumps(options), str(classes), str(side), str(out)]
         command += [str(perturb_rank)] if perturb_rank is not None else []
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -88,5 +88,5 @@ def checks(loaded, perturb_rank: int | None = None) -> list[Check]:
     if figures is None:
         tail = " | ".join(line for line in output.splitlines()[-3:])
         return [Check("distributed", f"torchrun world of {world_of_this_node()}", "fail", f"the probe failed: {tail}",
-                      note="run `python -m suite.doctor.probe ddp ...` under torchrun to see its whole output")]
+                      note="run `python -m suite.doctor.probe ...` under torchrun to see its whole output")]
     return compare(figures)

@@ -6,7 +6,7 @@ import platform
 
 import torch
 
-from suite.doctor import Check
+from suite.doctor.checks import Check
 from suite.trainer import resolve_device
 
 GIB = 2**30

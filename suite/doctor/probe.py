@@ -1,13 +1,11 @@
-"""What ``suite doctor`` runs in processes of their own (``python -m suite.doctor.probe ...``).
+"""What ``suite doctor`` runs under torchrun (``python -m suite.doctor.probe ...``); needs torch and the suite's
+core only (no pydantic, no MLflow), so the CUDA tests run it on bare GPU images too.
 
-- ``ddp ARCH METHOD BITS OPTIONS CLASSES SIDE OUT [PERTURB_RANK]``, under torchrun: an all-reduce; three joint
-  steps of DDP with SyncBN on an equal share each of one global batch, in float64, against one process's steps on
+Arguments ``ARCH METHOD BITS OPTIONS CLASSES SIDE OUT [PERTURB_RANK]``. An all-reduce; three joint steps of DDP with SyncBN on an equal share each of one global batch, in float64, against one process's steps on
   the whole batch, and every rank's weights after them against rank 0's; evaluation of a sharded validation set
   against one process's; on CUDA, torch's SyncBatchNorm kernels against the suite's global batch norm, in float32
   and under bf16. Rank 0 writes the figures to OUT.
   PERTURB_RANK shifts that rank's images (a rank that diverges: the check must fail).
-- ``throughput SPEC SECONDS JOBS FOLDER INDEX``: one of JOBS processes sharing a GPU: they start their timed
-  steps together, run a manifest arm's step (SPEC, a resolved manifest as JSON) for SECONDS and write images/s.
 """
 from __future__ import annotations
 
@@ -145,34 +143,8 @@ def ddp(arch, method, bits, options, classes, side, out, perturb=None) -> None:
     tdist.destroy_process_group()
 
 
-def throughput(spec: str, seconds: str, jobs: str, folder: str, index: str) -> None:
-    from suite.doctor.steps import _build, _probe_batch, _sync
-    from suite.manifest import Manifest
-
-    cfg = Manifest.model_validate(json.loads(Path(spec).read_text()))
-    device = torch.device("cuda")
-    step = _build(cfg, _probe_batch(cfg, cfg.recipe.batch_size, device), device, False)
-    step()
-    step()
-    folder = Path(folder)
-    (folder / f"ready-{index}").touch()  # start the timed steps together
-    while len(list(folder.glob("ready-*"))) < int(jobs):
-        time.sleep(0.01)
-    _sync(device)
-    started, done = time.perf_counter(), 0
-    while time.perf_counter() - started < float(seconds):
-        step()
-        done += 1
-    _sync(device)
-    rate = done * cfg.recipe.batch_size / (time.perf_counter() - started)
-    (folder / f"{index}.json").write_text(json.dumps({"images_per_s": rate}))
-
-
 if __name__ == "__main__":
-    command, *args = sys.argv[1:]
-    if command == "ddp":
-        arch, method, bits, options, classes, side, out, *perturb = args
-        ddp(arch, method, json.loads(bits), json.loads(options), int(classes), int(side), out,
-            int(perturb[0]) if perturb else None)
-    else:
-        throughput(*args)
+    args = sys.argv[1:]
+    arch, method, bits, options, classes, side, out, *perturb = args
+    ddp(arch, method, json.loads(bits), json.loads(options), int(classes), int(side), out,
+        int(perturb[0]) if perturb else None)

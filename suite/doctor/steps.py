@@ -16,7 +16,7 @@ import torch
 
 from suite.bench import make_train_step
 from suite.data import num_classes
-from suite.doctor import Check, Options
+from suite.doctor.checks import Check, Options
 from suite.doctor.environment import GIB, device_memory
 from suite.plan import plan
 from suite.recipe import Recipe
@@ -185,12 +185,12 @@ def _shared_gpu(loaded, figures: Figures, hours: float) -> Check:
 
 
 def shared_throughput(arm, k: int) -> float:
-    """Images/s of ``k`` processes running ``arm``'s step at once on this GPU (``suite.doctor.probe throughput``)."""
+    """Images/s of ``k`` processes running ``arm``'s step at once on this GPU (``suite.doctor.throughput``)."""
     cfg = arm.config
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "arm.json"
         spec.write_text(json.dumps(cfg.model_dump(mode="json")))
-        procs = [subprocess.Popen([sys.executable, "-m", "suite.doctor.probe", "throughput", str(spec),
+        procs = [subprocess.Popen([sys.executable, "-m", "suite.doctor.throughput", str(spec),
                                    str(THROUGHPUT_SECONDS), str(k), tmp, str(i)]) for i in range(k)]
         for p in procs:
             p.wait(timeout=300)

@@ -2,6 +2,7 @@
 tracking store answers and takes a run within its deadline."""
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import threading
 import time
@@ -11,9 +12,10 @@ import torch
 
 from suite.checkpoints import CheckpointSeries, read_checkpoint
 from suite.data import num_classes
-from suite.doctor import Check
+from suite.doctor.checks import Check
 from suite.doctor.environment import GIB
 from suite.methods import build_trainable
+from suite.tracking import Tracker
 
 TRACKING_DEADLINE_S = 30
 DOCTOR_EXPERIMENT = "suite-doctor"  # where the tracking check writes its one run
@@ -64,10 +66,8 @@ def checkpoint_checks(loaded, results: Path) -> list[Check]:
 
 def tracking_check(results: Path) -> Check:
     """The tracking store answers, and takes and closes one run, within TRACKING_DEADLINE_S."""
-    try:
-        from suite.tracking import Tracker
-    except ImportError as err:  # a bare GPU image: training works, tracking cannot
-        return Check("store", "tracking store", "warn", f"mlflow cannot be imported ({err})",
+    if importlib.util.find_spec("mlflow") is None:  # a bare GPU image: training works, tracking cannot
+        return Check("store", "tracking store", "warn", "mlflow is not installed",
                      note="pip install mlflow (the suite's requirements) before running manifests")
     outcome: dict = {}
 
