@@ -3,7 +3,7 @@ counts every image once, a global-batch BatchNorm, and a torchrun run that survi
 
 Two processes and one process cannot agree to the last bit: the gradient sums and the BatchNorm statistics add the
 same numbers in another order, and MBQuant's quantizers turn such last-bit differences into different training
-trajectories (an activation exactly on a calibrated bound moves across it). The tolerances below bound that.
+trajectories (an activation exactly on a calibrated bound moves across it). SEED_SPREAD below bounds that.
 """
 import os
 import signal
@@ -60,23 +60,25 @@ def train(rank: int, world: int, port: int, sync_bn: bool, out: str) -> None:
         torch.save(result.history, out)
 
 
+# How far apart two single-process runs end that differ only in their seed (measured over seeds 0-5 with this
+# DATA and RECIPE and SyncBN on: the largest pairwise difference after the last epoch). Two processes add the same
+# numbers in another order, and the quantizers can turn that into another trajectory (see above), so their run is
+# held to this spread, not to a point. Where the two are exact -- the first steps in float64 -- `suite doctor`'s
+# torchrun probe compares them to 1e-9 (tests/test_doctor.py).
+SEED_SPREAD = {"train_loss": {2: 0.169, 4: 0.105}, "val_top1": {2: 5.5, 4: 3.5}}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sync_bn", [True, False], ids=["sync_bn", "per-process_bn"])
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, sync_bn):
     torch.set_num_threads(1)
     train(0, 1, 0, sync_bn, str(tmp_path / "one.pt"))
     mp.spawn(train, args=(2, 29600 + sync_bn, sync_bn, str(tmp_path / "two.pt")), nprocs=2)
-    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
-    first, last = (one[0], two[0]), (one[-1], two[-1])
+    one, two = torch.load(tmp_path / "one.pt")[-1], torch.load(tmp_path / "two.pt")[-1]
     for b in (2, 4):
-        loss, top1 = f"train_loss_b{b}", f"val_top1_b{b}"
-        if sync_bn:  # first epoch: the same batches and statistics, only the summation order differs
-            assert first[1][loss] == pytest.approx(first[0][loss], rel=2e-3)
-            assert abs(first[1][top1] - first[0][top1]) <= 1.0
-        else:  # each process normalises by its half of the batch: another estimator, by design
-            assert abs(first[1][loss] - first[0][loss]) <= 0.05
-        assert abs(last[1][loss] - last[0][loss]) <= (0.05 if sync_bn else 0.1)
-        assert abs(last[1][top1] - last[0][top1]) <= (5.0 if sync_bn else 8.0)
+        for metric, spread in SEED_SPREAD.items():
+            key = f"{metric}_b{b}"
+            assert abs(two[key] - one[key]) <= spread[b], (key, one[key], two[key])
 
 
 def sharded_evaluation(rank: int, world: int, port: int, out: str) -> None:

@@ -1,5 +1,7 @@
 """Launchers, offline bundles and the plan: each job is the same command a user would type for one (arm, seed)."""
 import os
+import signal
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -89,19 +91,28 @@ def test_gpus_launcher_runs_jobs_in_parallel_slots_and_a_failed_job_resumes_on_t
 
 @pytest.mark.slow
 def test_submitit_job_checkpoints_on_its_time_signal_requeues_and_finishes(tmp_path, empty_store, monkeypatch):
-    """submitit's local executor, as SLURM would do it: SIGUSR2 ahead of the time limit, then a requeue."""
+    """submitit's local executor, as SLURM would do it: SIGUSR2 mid-run (sent by the test once the job waits at the
+    start of its second epoch, its first one checkpointed), then a requeue that resumes and finishes."""
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the job imports the held method's plugin
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    manifest = write_manifest(tmp_path, recipe={**MANIFEST["recipe"], "epochs": 8, "steps_per_epoch": 6})
+    pid_file = tmp_path / "held.pid"
+    manifest = write_manifest(tmp_path, method={"name": "held", "bits": [2, 4],
+                                                "options": {"pid_file": str(pid_file), "epoch": 1}})
     results = copy_store(empty_store, tmp_path / "results")
-    jobs = jobs_for([("mbquant", 0)], ["run", str(manifest), "--results", str(results), "--no-progress"])
-    # A 40 s limit with the signal 25 s ahead: every attempt gets ~15 s, start-up included, before it must stop
-    # (the local executor restarts a job at most 6 times).
-    (job,) = submit_to_slurm(jobs, tmp_path / "slurm", Cluster(time_minutes=40 / 60, signal_delay_s=25),
-                             executor="local")
+    jobs = jobs_for([("held", 0)], ["run", str(manifest), "--results", str(results), "--no-progress",
+                                    "--plugin", "held_method"])
+    (job,) = submit_to_slurm(jobs, tmp_path / "slurm", Cluster(time_minutes=10), executor="local")
+    deadline = time.monotonic() + 240
+    while not pid_file.exists() and not job.done():
+        assert time.monotonic() < deadline, "the job never reached its second epoch"
+        time.sleep(0.2)
+    assert pid_file.exists(), job.stderr()
+    os.kill(int(pid_file.read_text()), signal.SIGUSR2)  # what SLURM sends ahead of a time limit
     assert job.result() == 0
     out, err = job.stdout(), job.stderr()
-    assert "Requeued job" in out and "stopped by SIGUSR2" in err and "resuming" in out
-    assert finished_runs(results) == {"mbquant": "FINISHED"}
+    assert "stopped by SIGUSR2" in err and "Requeued job" in out, err
+    assert "resuming" in out.split("Requeued job", 1)[1]  # the second attempt picked up the checkpoint
+    assert finished_runs(results) == {"held": "FINISHED"}
 
 
 def test_offline_bundles_merge_into_the_store_once(tmp_path, empty_store, capsys):

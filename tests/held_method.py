@@ -1,0 +1,47 @@
+"""A test plugin (``--plugin held_method``): a method that, on its first attempt, waits at the start of one epoch
+until a stop signal arrives, after writing its process id where the test can read it. The test then sends the
+signal itself, so a preemption lands mid-run on every machine, however fast."""
+import os
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from suite import interrupts
+from suite.layers.dorefa import DoReFaConv
+from suite.layers.norms import PerBitBatchNorm
+from suite.losses import labels_only
+from suite.methods import Method, Trainable
+from suite.methods.common import weight_groups
+from suite.models import create_model
+
+WAIT_S = 300  # a signal that never comes fails the run instead of hanging the test
+
+
+@dataclass
+class HeldOptions:
+    __pydantic_config__ = {"extra": "forbid"}
+    pid_file: str = ""  # written once, when the run starts waiting
+    epoch: int = 1  # the epoch at whose start it waits (earlier epochs are checkpointed by then)
+
+
+def wait_for_a_stop(options: HeldOptions, epoch: int, epochs: int) -> None:
+    pid_file = Path(options.pid_file)
+    if epoch != options.epoch or pid_file.exists():
+        return
+    pid_file.write_text(str(os.getpid()))
+    deadline = time.monotonic() + WAIT_S
+    while interrupts.requested() is None:  # inside the loop a signal is deferred to the step boundary
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no stop signal within {WAIT_S} s")
+        time.sleep(0.05)
+
+
+def build_held(arch, num_classes, bits, options):
+    model = create_model(arch, num_classes=num_classes, bits=bits, conv=DoReFaConv,
+                         norm=partial(PerBitBatchNorm, bits=bits))
+    return Trainable(model, list(bits), labels_only, partial(weight_groups, model),
+                     on_epoch_start=partial(wait_for_a_stop, options))
+
+
+METHOD = Method("held", HeldOptions, build_held)
