@@ -1,4 +1,4 @@
-"""Command line: ``python -m suite {run,plan,doctor,list,report,quickstart,import-checkpoint,import-runs}`` (also
+"""Command line: ``python -m suite {run,plan,doctor,list,references,report,quickstart,import-checkpoint,import-runs}`` (also
 installed as ``suite``)."""
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 EXPERIMENTS = Path("experiments")
 RESULTS = Path("results")
 REPORT = Path("reports/report.pdf")
+REFERENCES = Path("results/paper/reference_numbers.csv")
 # MLflow's runs table (its "Model training" view; the UI otherwise opens on its GenAI traces view)
 UI_URL = "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 
@@ -115,6 +116,29 @@ def cmd_list(args) -> int:
               f"    method {doc.get('method', {}).get('name')} bits {doc.get('method', {}).get('bits')}; "
               f"arms: {', '.join(map(str, arms))}; seeds {doc.get('seeds')}; "
               f"profiles: {', '.join(doc.get('profiles', {}))}")
+    return 0
+
+
+def cmd_references(args) -> int:
+    from suite import references
+
+    if args.action == "template":
+        names = [Path(m).stem if m.endswith((".yaml", ".yml")) else m for m in args.manifests]
+        references.template(args.references, names).to_csv(sys.stdout, index=False)
+    elif args.action == "import":
+        changes = references.import_file(args.file, args.references)
+        for change in changes:
+            print(f"  filled {change}")
+        print(f"{len(changes)} cell(s) filled in {args.references}" if changes else
+              f"nothing to fill: every value in {args.file} is blank or already in {args.references}")
+    else:
+        cells = references.registered_cells(args.references)
+        for manifest, group in cells.groupby("manifest", sort=True):
+            filled = (group["status"] != "missing").sum()
+            print(f"{manifest}: {filled} of {len(group)} cell(s) transcribed")
+            for r in group.itertuples():
+                print(f"    {r.arm:<34} {r.bits:>2}-bit  {r.status:<8} {r.table}, {r.row}, {r.column}")
+        print(f"fill them: python -m suite references template > cells.csv, then references import cells.csv")
     return 0
 
 
@@ -226,6 +250,20 @@ def main(argv: list[str] | None = None) -> int:
     lst.add_argument("--experiments", type=Path, default=EXPERIMENTS)
     lst.set_defaults(func=cmd_list)
 
+    refs = sub.add_parser("references", help="the paper's numbers the verdicts compare with: list every registered "
+                                             "cell, write a template of the missing ones, import a filled one")
+    refs_sub = refs.add_subparsers(dest="action", metavar="{list,template,import}")
+    refs_sub.add_parser("list", help="every registered cell per manifest with its value or \"missing\" (default)")
+    refs_template = refs_sub.add_parser("template", help="the missing cells as CSV on standard output, to fill in")
+    refs_template.add_argument("manifests", nargs="*", metavar="MANIFEST",
+                               help="only these manifests (names or experiments/*.yaml paths; default: all)")
+    refs_import = refs_sub.add_parser("import", help="validate a filled template and merge it into the registry "
+                                                     "(all rows or none); prints what changed")
+    refs_import.add_argument("file", type=Path, metavar="FILE")
+    for p in (refs, refs_template, refs_import):
+        p.add_argument("--references", type=Path, default=REFERENCES, help=f"the registry (default: {REFERENCES})")
+    refs.set_defaults(func=cmd_references, action="list")
+
     rep = sub.add_parser("report", help="collect the tracked runs into the PDF report")
     rep.set_defaults(func=cmd_report)
 
@@ -266,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in (rep, quick):
         p.add_argument("--out", type=Path, default=REPORT, help=f"PDF path (default: {REPORT})")
         p.add_argument("--references", type=Path, default=None,
-                       help="reference-number registry (default: results/paper/reference_numbers.csv)")
+                       help=f"reference-number registry (default: {REFERENCES})")
 
     for p in (run, quick, imp):
         p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
@@ -281,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     from suite.interop import InteropError
     from suite.manifest import ManifestError
     from suite.methods import PluginError, load_plugin
+    from suite.references import ReferenceError
     from suite.tracking import StoreError
 
     try:
@@ -288,8 +327,11 @@ def main(argv: list[str] | None = None) -> int:
             for module in getattr(args, "plugin", []):
                 load_plugin(module)
             return args.func(args)
+    except BrokenPipeError:  # the reader stopped early (`| head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ManifestError, DatasetNotFound, DataError, InteropError, PluginError, StoreError, CheckpointError,
-            OSError) as err:  # OSError: a path given that cannot be used (a file where a folder belongs, ...)
+            ReferenceError, OSError) as err:  # OSError: a path given that cannot be used (a file where a folder belongs, ...)
         print(f"error: {err}", file=sys.stderr)
         return 2
     except interrupts.Interrupted as err:

@@ -19,8 +19,9 @@ from suite.report.stats import job_status, section_verdict, status_counts
 
 
 def runs(manifest="m", profile="paper", arms=(("mbquant", "mbquant", 0.0), ("dedicated", "dedicated", -1.0)),
-         seeds=(0, 1, 2), bits=(2, 4), tolerance=1.0) -> pd.DataFrame:
-    """Top-1 = 60 + bits + offset + 0.5 x seed: MBQuant's mean at 4 bits is 64.5."""
+         seeds=(0, 1, 2), bits=(2, 4), tolerance=2.0) -> pd.DataFrame:
+    """Top-1 = 60 + bits + offset + 0.5 x seed: MBQuant's mean at 4 bits is 64.5, SD 0.5, and the 95 % interval of
+    a mean over the three seeds +-1.24 (Student t, 2 degrees of freedom)."""
     return pd.DataFrame([dict(manifest=manifest, manifest_version=1, title="T", paper_ref="Table 9",
                               paper_verified=False, profile=profile, arm=arm, method=method, seed=s, bits=b,
                               top1=60.0 + b + off + 0.5 * s, top5=90.0, dataset="d", model="net",
@@ -39,14 +40,22 @@ def verdicts(frame: pd.DataFrame, ref=None) -> dict[tuple[str, str], tuple[str, 
 
 # ---------------------------------------------------------------------------------------------------- verdicts
 
-def test_reproduced_when_every_transcribed_cell_is_within_tolerance():
+def test_reproduced_when_every_cell_s_interval_lies_within_tolerance():
     v = verdicts(runs(), reference(("mbquant", 4, 64.0), ("mbquant", 2, 62.3)))
-    assert v["m", "paper"] == ("reproduced", "+0.50 (mbquant, 4-bit)")
+    assert v["m", "paper"] == ("reproduced", "+0.50 (mbquant, 4-bit)")  # 0.5 + 1.24 <= 2
+    # The same mean with a tolerance narrower than its interval: no verdict either way.
+    assert verdicts(runs(tolerance=1.0), reference(("mbquant", 4, 64.0)))["m", "paper"][0] == "inconclusive"
 
 
-def test_not_reproduced_when_one_cell_is_outside():
-    v = verdicts(runs(), reference(("mbquant", 4, 64.0), ("dedicated", 2, 63.5)))
-    assert v["m", "paper"] == ("not reproduced", "-2.00 (dedicated, 2-bit)")  # 61.5 vs 63.5
+def test_not_reproduced_when_one_cell_s_interval_lies_outside():
+    v = verdicts(runs(), reference(("mbquant", 4, 64.0), ("dedicated", 2, 65.5)))
+    assert v["m", "paper"] == ("not reproduced", "-4.00 (dedicated, 2-bit)")  # 61.5 vs 65.5: 4 - 1.24 > 2
+
+
+def test_inconclusive_when_an_interval_straddles_the_tolerance_or_one_seed_ran():
+    assert verdicts(runs(), reference(("mbquant", 4, 63.0)))["m", "paper"][0] == "inconclusive"  # 1.5 -+ 1.24
+    one_seed = verdicts(runs(seeds=(0,)), reference(("mbquant", 4, 64.0)))  # exact, but no interval
+    assert one_seed["m", "paper"] == ("inconclusive", "+0.00 (mbquant, 4-bit)")
 
 
 def test_no_paper_number_when_nothing_is_transcribed_for_the_manifest():

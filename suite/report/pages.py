@@ -20,7 +20,7 @@ from suite.records import PAPER_PROFILE
 from suite.report.layout import (MARGIN, PAGE_SIZE, Block, Table, bands, draw_columns, flow_columns, new_page,
                                  text_block)
 from suite.report.sections import Section
-from suite.report.stats import (DASH, INCOMPLETE, NO_PAPER_NUMBER, NO_TOLERANCE, NOT_REPRODUCED, NOT_TRANSCRIBED,
+from suite.report.stats import (DASH, INCOMPLETE, INCONCLUSIVE, NO_PAPER_NUMBER, NO_TOLERANCE, NOT_REPRODUCED, NOT_TRANSCRIBED,
                                 PIPELINE_CHECK, REPRODUCED, SMOKE_ONLY, fmt, format_summary)
 
 PAPER_CITATION = "MBQuant, Zhong et al., arXiv:2305.08117"
@@ -91,16 +91,18 @@ def table_pages(heading: str, subheading: str, caption: str, tables: list[tuple[
 
 # ----------------------------------------------------------------------------------------------- front page
 
-VERDICTS = (f"Verdicts: \"{REPRODUCED}\": paper profile, every transcribed paper cell within the manifest's tolerance "
-            f"(top-1 points); \"{NOT_REPRODUCED}\": some cell outside it; \"{INCOMPLETE}\": none outside, some "
-            f"without a finished run; \"{NO_PAPER_NUMBER}\": nothing transcribed (paper values read "
+VERDICTS = (f"Verdicts (paper profile, each transcribed paper cell against the manifest's tolerance in top-1 "
+            f"points, weighing the seeds' spread): \"{REPRODUCED}\": the 95 % interval of every cell's reproduced "
+            f"mean lies within the tolerance; \"{NOT_REPRODUCED}\": some cell's interval lies wholly outside it; "
+            f"\"{INCONCLUSIVE}\": some interval straddles it, or one seed only (no interval); \"{INCOMPLETE}\": "
+            f"none outside, some cell without a finished run; \"{NO_PAPER_NUMBER}\": nothing transcribed (paper values read "
             f"\"{NOT_TRANSCRIBED}\"; none is ever estimated); \"{NO_TOLERANCE}\": the manifest gives none; "
             f"\"{SMOKE_ONLY}\": only shortened profiles ran, NOT comparable to the paper; \"{PIPELINE_CHECK}\": runs "
             f"too short to learn, which only show that every arm runs end to end. Runs: the (arm, seed) jobs of the "
             f"newest invocation; failed / unfinished: failed, killed or still running; missing: never started.")
 
 
-VERDICT_COLORS = {REPRODUCED: "#1a7f37", "agrees": "#1a7f37", NOT_REPRODUCED: "#c62828", "differs": "#c62828"}
+VERDICT_COLORS = {REPRODUCED: "#1a7f37", NOT_REPRODUCED: "#c62828"}
 
 
 def _experiment_cell(s: Section) -> str:

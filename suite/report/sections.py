@@ -169,10 +169,10 @@ def _section(manifest: str, profile: str, tables: dict[str, pd.DataFrame | None]
 
 def _judge(section: Section, reference: pd.DataFrame, paper_profile_ran: bool) -> None:
     """The front-page verdict, largest difference to the paper and run counts of a section."""
-    measured = section.summary[["arm", "bits", "top1_mean"]] if not section.summary.empty else \
-        pd.DataFrame(columns=["arm", "bits", "top1_mean"])
+    columns = ["arm", "bits", "top1_mean", "top1_half"]
+    measured = section.summary[columns] if not section.summary.empty else pd.DataFrame(columns=columns)
     cells = reference[reference["manifest"] == section.manifest].merge(measured, on=["arm", "bits"], how="left")
-    cells["top1_mean"] = cells["top1_mean"].astype(float)
+    cells[["top1_mean", "top1_half"]] = cells[["top1_mean", "top1_half"]].astype(float)
     section.verdict, section.largest_diff = section_verdict(
         section.profile, section.kind == "pipeline", section.info["tolerance"], cells, paper_profile_ran)
     section.counts = status_counts(section.jobs)

@@ -2,6 +2,10 @@
 (mean, SD, n seeds, paper value, difference, cell verdict), paired differences between arms with their 95 %
 intervals, and the verdict of a whole (manifest, profile) on the front page.
 
+A cell is judged as an equivalence test would judge it: "reproduced" when the 95 % interval of the reproduced mean
+(Student t over the seeds) lies within the manifest's tolerance of the paper's value, "not reproduced" when it lies
+wholly outside, "inconclusive" otherwise -- and always with a single seed, which has no interval.
+
 Published numbers come only from the ``reference`` frame; a missing one reads "not transcribed" and no number
 is ever estimated. A difference to the paper is only computed for the paper profile.
 """
@@ -21,7 +25,8 @@ KEYS = ["manifest", "profile", "arm", "bits"]
 CONFIDENCE = 0.95
 
 # Front-page verdicts of one (manifest, profile).
-REPRODUCED, NOT_REPRODUCED, NO_PAPER_NUMBER = "reproduced", "not reproduced", "no paper number"
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+NO_PAPER_NUMBER = "no paper number"
 SMOKE_ONLY, PIPELINE_CHECK, NO_TOLERANCE, INCOMPLETE = "smoke only", "pipeline check", "no tolerance set", "incomplete"
 
 
@@ -76,6 +81,7 @@ def summary_table(runs: pd.DataFrame, reference: pd.DataFrame | None = None) -> 
         )
         .reset_index()
     )
+    table["top1_half"] = half_interval(table["top1_std"], table["n_seeds"])
     # Rows of one architecture together (a section may hold several), arms alphabetical within it.
     table = table.merge(runs.groupby(["manifest", "arm"], as_index=False)["model"].first(), on=["manifest", "arm"])
     table = table.sort_values(["manifest", "profile", "model", "arm", "bits"], ignore_index=True)
@@ -89,10 +95,28 @@ def summary_table(runs: pd.DataFrame, reference: pd.DataFrame | None = None) -> 
     table["verdict"] = [
         DASH if pd.isna(r.diff_top1) else
         "no tolerance" if tolerance is None or pd.isna(tolerance[r.manifest, r.profile]) else
-        "agrees" if abs(r.diff_top1) <= tolerance[r.manifest, r.profile] else "differs"
+        cell_verdict(r.diff_top1, r.top1_half, tolerance[r.manifest, r.profile])
         for r in table.itertuples()
     ]
     return table
+
+
+def half_interval(std: pd.Series, n: pd.Series) -> pd.Series:
+    """Half-width of the 95 % confidence interval of a mean over ``n`` seeds (NaN for one seed)."""
+    n = n.astype(float)
+    t = pd.Series(stats.t.ppf((1 + CONFIDENCE) / 2, (n - 1).where(n > 1)), index=n.index)
+    return t * std / np.sqrt(n)
+
+
+def cell_verdict(diff: float, half: float, tolerance: float) -> str:
+    """Reproduced mean minus paper value ``diff`` with its interval's half-width, against the tolerance."""
+    if pd.isna(half):
+        return INCONCLUSIVE  # one seed: no interval to weigh
+    if abs(diff) + half <= tolerance:
+        return REPRODUCED
+    if abs(diff) - half > tolerance:
+        return NOT_REPRODUCED
+    return INCONCLUSIVE
 
 
 def fmt(value: float, spec: str = ".2f") -> str:
@@ -203,11 +227,12 @@ def section_verdict(profile: str, pipeline_check: bool, tolerance: float, cells:
     """The front-page verdict of one (manifest, profile) and its largest |ours − paper| (a display string).
 
     ``cells`` holds the manifest's transcribed paper cells (arm, bits, paper_top1) with this profile's
-    reproduced mean ``top1_mean`` (NaN where no run finished). "reproduced": paper profile and every transcribed
-    cell within the tolerance; "not reproduced": some cell outside it; "incomplete": none outside, but some cell
-    has no finished run; "no paper number": nothing transcribed; "no tolerance set": the manifest gives none;
-    "smoke only" for another profile ("see the paper row" when the paper profile ran too), "pipeline check" for
-    runs too short to learn.
+    reproduced mean ``top1_mean`` and its interval's half-width ``top1_half`` (NaN where no run finished).
+    "not reproduced": some cell's interval wholly outside the tolerance; "incomplete": none, but some cell has no
+    finished run; "inconclusive": some cell's interval straddles the tolerance (or one seed only); "reproduced":
+    every cell's interval within it. "no paper number": nothing transcribed; "no tolerance set": the manifest gives
+    none; "smoke only" for another profile ("see the paper row" when the paper profile ran too), "pipeline check"
+    for runs too short to learn.
     """
     if pipeline_check:
         return PIPELINE_CHECK, DASH
@@ -223,8 +248,9 @@ def section_verdict(profile: str, pipeline_check: bool, tolerance: float, cells:
         largest = f"{measured.loc[worst.name]:+.2f} ({worst['arm']}, {int(worst['bits'])}-bit)"
     if pd.isna(tolerance):
         return NO_TOLERANCE, largest
-    if (measured.abs() > tolerance).any():
+    verdicts = {cell_verdict(d, cells.loc[i, "top1_half"], tolerance) for i, d in measured.items()}
+    if NOT_REPRODUCED in verdicts:
         return NOT_REPRODUCED, largest
     if len(measured) < len(cells):
         return f"{INCOMPLETE} ({len(measured)} of {len(cells)} paper cells measured)", largest
-    return REPRODUCED, largest
+    return (INCONCLUSIVE if INCONCLUSIVE in verdicts else REPRODUCED), largest
