@@ -80,7 +80,8 @@ def test_no_tolerance_and_pipeline_check():
     v = verdicts(runs(tolerance=float("nan")), reference(("mbquant", 4, 64.0)))
     assert v["m", "paper"] == ("no tolerance set", "+0.50 (mbquant, 4-bit)")
     cells = pd.DataFrame({"arm": ["a"], "bits": [4], "paper_top1": [1.0], "top1_mean": [50.0]})
-    assert section_verdict("smoke", True, 1.0, cells, False) == ("pipeline check", "–")
+    assert section_verdict("smoke", "pipeline", 1.0, cells, False) == ("pipeline check", "–")
+    assert section_verdict("smoke", "costs", 1.0, cells, False) == ("exact", "–")
 
 
 # ------------------------------------------------------------------------------------------ paired differences

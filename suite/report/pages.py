@@ -20,8 +20,8 @@ from suite.records import PAPER_PROFILE
 from suite.report.layout import (MARGIN, PAGE_SIZE, Block, Table, bands, draw_columns, flow_columns, new_page,
                                  text_block)
 from suite.report.sections import Section
-from suite.report.stats import (DASH, INCOMPLETE, INCONCLUSIVE, NO_PAPER_NUMBER, NO_TOLERANCE, NOT_REPRODUCED, NOT_TRANSCRIBED,
-                                PIPELINE_CHECK, REPRODUCED, SMOKE_ONLY, fmt, format_summary)
+from suite.report.stats import (DASH, EXACT, INCOMPLETE, INCONCLUSIVE, NO_PAPER_NUMBER, NO_TOLERANCE, NOT_REPRODUCED,
+                                NOT_TRANSCRIBED, PIPELINE_CHECK, REPRODUCED, SMOKE_ONLY, fmt, format_summary)
 
 PAPER_CITATION = "MBQuant, Zhong et al., arXiv:2305.08117"
 REPORT_TITLE = "MBQuant reproducibility suite: report of the tracked runs"
@@ -95,14 +95,16 @@ VERDICTS = (f"Verdicts (paper profile, each transcribed paper cell against the m
             f"points, weighing the seeds' spread): \"{REPRODUCED}\": the 95 % interval of every cell's reproduced "
             f"mean lies within the tolerance; \"{NOT_REPRODUCED}\": some cell's interval lies wholly outside it; "
             f"\"{INCONCLUSIVE}\": some interval straddles it, or one seed only (no interval); \"{INCOMPLETE}\": "
-            f"none outside, some cell without a finished run; \"{NO_PAPER_NUMBER}\": nothing transcribed (paper values read "
+            f"none outside, some cell without a finished run; \"{NO_PAPER_NUMBER}\": nothing transcribed (paper values "
+            f"read "
             f"\"{NOT_TRANSCRIBED}\"; none is ever estimated); \"{NO_TOLERANCE}\": the manifest gives none; "
             f"\"{SMOKE_ONLY}\": only shortened profiles ran, NOT comparable to the paper; \"{PIPELINE_CHECK}\": runs "
-            f"too short to learn, which only show that every arm runs end to end. Runs: the (arm, seed) jobs of the "
+            f"too short to learn, which only show that every arm runs end to end; \"{EXACT}\": costs (storage, BitOPs) "
+            f"computed from each model's tensors, the same at every profile. Runs: the (arm, seed) jobs of the "
             f"newest invocation; failed / unfinished: failed, killed or still running; missing: never started.")
 
 
-VERDICT_COLORS = {REPRODUCED: "#1a7f37", NOT_REPRODUCED: "#c62828"}
+VERDICT_COLORS = {REPRODUCED: "#1a7f37", EXACT: "#1a7f37", NOT_REPRODUCED: "#c62828"}
 
 
 def _experiment_cell(s: Section) -> str:

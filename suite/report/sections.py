@@ -41,7 +41,8 @@ class Section:
 
     @property
     def scale(self) -> str:
-        return scale_label(self.profile)
+        """The banner of a shortened profile's pages; none for costs, which no profile shortens."""
+        return "" if self.kind == "costs" else scale_label(self.profile)
 
     @property
     def models(self) -> list[str]:
@@ -174,7 +175,7 @@ def _judge(section: Section, reference: pd.DataFrame, paper_profile_ran: bool) -
     cells = reference[reference["manifest"] == section.manifest].merge(measured, on=["arm", "bits"], how="left")
     cells[["top1_mean", "top1_half"]] = cells[["top1_mean", "top1_half"]].astype(float)
     section.verdict, section.largest_diff = section_verdict(
-        section.profile, section.kind == "pipeline", section.info["tolerance"], cells, paper_profile_ran)
+        section.profile, section.kind, section.info["tolerance"], cells, paper_profile_ran)
     section.counts = status_counts(section.jobs)
 
 

@@ -28,6 +28,7 @@ CONFIDENCE = 0.95
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 NO_PAPER_NUMBER = "no paper number"
 SMOKE_ONLY, PIPELINE_CHECK, NO_TOLERANCE, INCOMPLETE = "smoke only", "pipeline check", "no tolerance set", "incomplete"
+EXACT = "exact"  # costs: computed from each model's tensors, the same at every profile
 
 
 # ---------------------------------------------------------------------------------------------- input checks
@@ -222,7 +223,7 @@ def status_counts(jobs: pd.DataFrame) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------------------------- verdicts
 
-def section_verdict(profile: str, pipeline_check: bool, tolerance: float, cells: pd.DataFrame,
+def section_verdict(profile: str, kind: str, tolerance: float, cells: pd.DataFrame,
                     paper_profile_ran: bool) -> tuple[str, str]:
     """The front-page verdict of one (manifest, profile) and its largest |ours − paper| (a display string).
 
@@ -232,10 +233,13 @@ def section_verdict(profile: str, pipeline_check: bool, tolerance: float, cells:
     finished run; "inconclusive": some cell's interval straddles the tolerance (or one seed only); "reproduced":
     every cell's interval within it. "no paper number": nothing transcribed; "no tolerance set": the manifest gives
     none; "smoke only" for another profile ("see the paper row" when the paper profile ran too), "pipeline check"
-    for runs too short to learn.
+    for runs too short to learn (``kind`` "pipeline"), "exact" for costs (``kind`` "costs"), which no profile
+    shortens.
     """
-    if pipeline_check:
+    if kind == "pipeline":
         return PIPELINE_CHECK, DASH
+    if kind == "costs":
+        return EXACT, DASH
     if profile != PAPER_PROFILE:
         return ("see the paper row" if paper_profile_ran else SMOKE_ONLY), DASH
     if cells.empty:
