@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError, field_validator, \
     model_validator
 
+from suite.claims import Claim
 from suite.data import LOADER_ONLY, PIPELINE_VERSION, DataConfig
 from suite.fields import FieldError, check_distinct
 from suite.methods import method as registered_method
@@ -136,6 +137,10 @@ class Manifest(_Strict):
     version: StrictInt = Field(ge=1, description="bump when the experiment's meaning changes")
     title: str
     claim: str = Field("", description="the paper's claim this experiment checks, in one sentence")
+    claims: list[Claim] = Field(default_factory=list, description="the claim as checks over this manifest's own "
+                                "results, each with its verdict in the report (suite.claims)")
+    headline: str | None = Field(None, description="the arm that difference panels and claim checks set against "
+                                 "every other (default: the first MBQuant arm, else the first arm)")
     task: Literal["train", "costs", "evaluate"] = Field(
         "train", description="train: every (arm, seed) through the trainer; costs: storage and BitOPs of every "
         "arm's model, measured without training or data; evaluate: a released checkpoint at every bit-width")
@@ -186,6 +191,17 @@ class Manifest(_Strict):
         if self.model.arch not in archs:
             raise FieldError("model.arch", f"{self.model.arch!r} is not an architecture {self.method.name} builds "
                                            f"(known: {', '.join(archs)})")
+        arms = {a.name for a in self.arms} or {self.method.name}
+        if self.headline is not None and self.headline not in arms:
+            raise FieldError("headline", f"{self.headline!r} is not an arm (known: {', '.join(sorted(arms))})")
+        methods = {a.set.get("method.name", self.method.name) for a in self.arms} | {self.method.name}
+        for i, claim in enumerate(self.claims):
+            if claim.arm is not None and claim.arm not in arms:
+                raise FieldError(f"claims[{i}].arm", f"{claim.arm!r} is not an arm (known: {', '.join(sorted(arms))})")
+            unknown = [a for a in claim.against if a not in arms | methods]
+            if unknown:
+                raise FieldError(f"claims[{i}].against", f"{', '.join(map(repr, unknown))}: neither an arm nor a "
+                                                         f"method of this manifest")
         if self.tolerance is not None and not (math.isfinite(self.tolerance) and self.tolerance >= 0):
             raise FieldError("tolerance", f"must be a finite number >= 0 (top-1 points), got {self.tolerance}")
         train = self.data.train_size()

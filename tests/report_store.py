@@ -35,6 +35,7 @@ class Invocation:
     claim: str = "the claim under test"
     status: dict = field(default_factory=dict)
     epochs: int = 2
+    manifest_yaml: str = ""  # more of the resolved manifest (e.g. headline, claims)
 
     def tags(self) -> dict[str, str]:
         return {**ENV, "git.commit": "0123456789abcdef", "git.dirty": "false", "suite.device": "cpu",
@@ -61,7 +62,8 @@ def write(tracker: Tracker, inv: Invocation, reuse: dict | None = None) -> dict[
     tracker.log_params(parent, {"task": "train", "name": inv.manifest})
     with tracker.artifact_dir(parent) as tmp:
         (tmp / f"{inv.manifest}.{inv.profile}.resolved.yaml").write_text(
-            f"name: {inv.manifest}\nseeds: {inv.seeds}\narms:\n" + "".join(f"- name: {a.name}\n" for a in inv.arms))
+            f"name: {inv.manifest}\nseeds: {inv.seeds}\narms:\n" + "".join(f"- name: {a.name}\n" for a in inv.arms)
+            + inv.manifest_yaml)
     ids = {}
     for arm in inv.arms:
         for seed in inv.seeds:

@@ -129,7 +129,7 @@ def test_accuracy_figure_labels():
     assert "paper value (registered)" in [t.get_text() for t in paper.axes[0].get_legend().get_texts()]
     # the difference panel: mbquant minus baseline, 95 % interval over the three paired seeds
     diff = paper.axes[1]
-    assert "MBQuant minus baseline" in diff.get_title() and "95% CI" in diff.get_title()
+    assert "mbquant minus each baseline" in diff.get_title() and "95% CI" in diff.get_title()
     assert "Student t" in page_text(paper)
     one_seed = report.accuracy_figure(section(make_runs(seeds=(7,)), "fake_a_2468", "smoke")).axes[1]
     assert "one seed: no interval" in one_seed.get_title()

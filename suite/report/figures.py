@@ -17,7 +17,7 @@ from suite.plots import Style, arm_styles
 from suite.records import PAPER_PROFILE
 from suite.report.layout import new_page
 from suite.report.sections import Section
-from suite.report.stats import CONFIDENCE, paired_differences, reference_arm
+from suite.report.stats import CONFIDENCE, paired_differences
 
 LEGEND_DROP = 0.5  # inches from the bottom of the axes to a legend below it: tick labels and axis label fit above
 SPREAD = 0.3  # of the gap between bit-widths: arms at one bit-width are spread sideways so none hides another
@@ -104,15 +104,15 @@ def _accuracy_panel(ax: Axes, section: Section, model: str, bits: list[int]) -> 
 def _comparison_title(section: Section, model: str, ref: str) -> str:
     arms = section.arms_of(model)
     others = {m for a, m in arms.items() if a != ref}
-    if arms[ref] == "mbquant" and "mbquant" not in others:
-        return f"{model}: MBQuant minus baseline ({ref} − arm)"
+    if arms[ref] not in others:  # the headline's method against the baselines (a plugin's too: "mine − baseline")
+        return f"{model}: {arms[ref]} minus each baseline ({ref} − arm)"
     return f"{model}: {ref} minus each other arm"
 
 
 def _difference_panel(ax: Axes, section: Section, model: str, bits: list[int]) -> None:
     arms = section.arms_of(model)
     styles = arm_styles(arms)
-    ref = reference_arm(arms)
+    ref = section.headline_of(model)
     others = [a for a in arms if a != ref]
     diffs = paired_differences(section.runs[section.runs["model"] == model], ref, others)
     offset = _offsets(others, bits)

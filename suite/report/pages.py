@@ -19,6 +19,8 @@ from matplotlib.figure import Figure
 from suite.records import PAPER_PROFILE
 from suite.report.layout import (MARGIN, PAGE_SIZE, Block, Table, bands, draw_columns, flow_columns, new_page,
                                  text_block)
+from suite.claims import FAILS, HOLDS
+from suite.report.claims import check_claims
 from suite.report.sections import Section
 from suite.report.stats import (DASH, EXACT, INCOMPLETE, INCONCLUSIVE, NO_PAPER_NUMBER, NO_TOLERANCE, NOT_REPRODUCED,
                                 NOT_TRANSCRIBED, PIPELINE_CHECK, REPRODUCED, SMOKE_ONLY, fmt, format_summary)
@@ -91,20 +93,18 @@ def table_pages(heading: str, subheading: str, caption: str, tables: list[tuple[
 
 # ----------------------------------------------------------------------------------------------- front page
 
-VERDICTS = (f"Verdicts (paper profile, each transcribed paper cell against the manifest's tolerance in top-1 "
-            f"points, weighing the seeds' spread): \"{REPRODUCED}\": the 95 % interval of every cell's reproduced "
-            f"mean lies within the tolerance; \"{NOT_REPRODUCED}\": some cell's interval lies wholly outside it; "
-            f"\"{INCONCLUSIVE}\": some interval straddles it, or one seed only (no interval); \"{INCOMPLETE}\": "
-            f"none outside, some cell without a finished run; \"{NO_PAPER_NUMBER}\": nothing transcribed (paper values "
-            f"read "
-            f"\"{NOT_TRANSCRIBED}\"; none is ever estimated); \"{NO_TOLERANCE}\": the manifest gives none; "
-            f"\"{SMOKE_ONLY}\": only shortened profiles ran, NOT comparable to the paper; \"{PIPELINE_CHECK}\": runs "
-            f"too short to learn, which only show that every arm runs end to end; \"{EXACT}\": costs (storage, BitOPs) "
-            f"computed from each model's tensors, the same at every profile. Runs: the (arm, seed) jobs of the "
-            f"newest invocation; failed / unfinished: failed, killed or still running; missing: never started.")
+VERDICTS = (f"Verdicts, paper profile, per transcribed paper cell against the tolerance (top-1 points), weighing the "
+            f"seeds: \"{REPRODUCED}\": every cell's 95 % interval within it; \"{NOT_REPRODUCED}\": some interval wholly "
+            f"outside; \"{INCONCLUSIVE}\": some straddles it, or one seed; \"{INCOMPLETE}\": some cell not run; "
+            f"\"{NO_PAPER_NUMBER}\": none transcribed (never estimated); \"{NO_TOLERANCE}\": none in the manifest; "
+            f"\"{SMOKE_ONLY}\": shortened profiles only, NOT comparable to the paper; \"{PIPELINE_CHECK}\": too short "
+            f"to learn, only shows every arm runs; \"{EXACT}\": costs, the same at every profile. Claim checks: the "
+            f"manifest's claims asserted on its own results ({HOLDS}, {FAILS}, {INCONCLUSIVE}); accuracy checks on a "
+            f"shortened profile are labelled with its scale. Runs: the (arm, seed) jobs of the newest invocation.")
 
 
-VERDICT_COLORS = {REPRODUCED: "#1a7f37", EXACT: "#1a7f37", NOT_REPRODUCED: "#c62828"}
+VERDICT_COLORS = {REPRODUCED: "#1a7f37", EXACT: "#1a7f37", HOLDS: "#1a7f37", NOT_REPRODUCED: "#c62828",
+                  FAILS: "#c62828"}
 
 
 def _experiment_cell(s: Section) -> str:
@@ -122,13 +122,14 @@ def overview_table(sections: list[Section]) -> Table:
                                                     else f"±{s.info['tolerance']:g}")
         overrides = len(s.info["overrides"])  # a paper profile run with --set is not quite the paper's protocol
         profile = (s.scale or s.profile) + (f"\nwith {overrides} --set" if overrides else "")
+        claims = "\n".join(r.label for r in check_claims(s)) or DASH
         rows.append([_experiment_cell(s) if first else "", profile,
-                     (s.info["claim"] or "(no claim recorded)") if first else "", s.counts["finished"],
+                     (s.info["claim"] or "(no claim recorded)") if first else "", claims, s.counts["finished"],
                      s.counts["failed"], s.counts["missing"], tolerance, s.largest_diff, s.verdict])
         groups.append(first)
-    header = ["experiment", "profile", "claim it checks", "finished", "failed / unfinished", "missing",
-              "tolerance", "largest ours − paper", "verdict"]
-    return Table(header, rows, [0.19, 0.085, 0.28, 0.065, 0.085, 0.055, 0.06, 0.09, 0.09], size=7,
+    header = ["experiment", "profile", "claim it checks", "claim checks", "finished", "failed / unfinished",
+              "missing", "tolerance", "largest ours − paper", "verdict"]
+    return Table(header, rows, [0.15, 0.07, 0.26, 0.11, 0.055, 0.07, 0.05, 0.055, 0.09, 0.08], size=7,
                  groups=groups, colors=VERDICT_COLORS)
 
 
@@ -189,10 +190,23 @@ def _with_runs(section: Section, tables: list[tuple[str, Table]], note: str) -> 
     return table_pages(section.heading, section.subheading, note, tables, section.scale)
 
 
+def claims_table(section: Section) -> list[tuple[str, Table]]:
+    """The section's claim checks with the comparisons that decided them (none when it declares no claim)."""
+    results = check_claims(section)
+    if not results:
+        return []
+    rows = [[r.text, r.label.split(": ", 1)[1], r.detail] for r in results]
+    return [("Claims, checked on this profile's own results",
+             Table(["claim", "verdict", "deciding comparison (headline vs arm)"], rows, [0.36, 0.14, 0.5], size=8,
+                   colors=VERDICT_COLORS))]
+
+
 def section_table_pages(section: Section) -> list[PageSpec]:
     if section.summary.empty:
-        return _with_runs(section, [], "No run of this experiment and profile finished: there is nothing to compare.")
-    return _with_runs(section, [("Top-1 per arm and bit-width", summary_rows(section))], _table_note(section))
+        return _with_runs(section, claims_table(section),
+                          "No run of this experiment and profile finished: there is nothing to compare.")
+    return _with_runs(section, [("Top-1 per arm and bit-width", summary_rows(section)), *claims_table(section)],
+                      _table_note(section))
 
 
 def cost_table(section: Section) -> Table:
@@ -214,7 +228,7 @@ COST_NOTE = ("Storage: every tensor needed to serve all listed bit-widths at its
 
 def cost_pages(section: Section) -> list[PageSpec]:
     tables = [("Storage and BitOPs per arm", cost_table(section))] if not section.costs.empty else []
-    return _with_runs(section, tables, COST_NOTE)
+    return _with_runs(section, tables + claims_table(section), COST_NOTE)
 
 
 # ------------------------------------------------------------------------------------------ pipeline checks

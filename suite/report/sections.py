@@ -16,7 +16,8 @@ import yaml
 
 from suite.manifest import apply_overrides
 from suite.records import PAPER_PROFILE, scale_label
-from suite.report.stats import job_status, reference_frame, section_verdict, status_counts, summary_table
+from suite.report.stats import (job_status, reference_arm, reference_frame, section_verdict, status_counts,
+                                summary_table)
 
 EMPTY = pd.DataFrame()
 RECORD_COLUMNS = ["arm", "seed", "status", "run_id", "method", "model"]  # what a section needs of each tracked run
@@ -53,6 +54,16 @@ class Section:
         models = self.jobs.drop_duplicates("arm").set_index("arm")["model"]
         return {a: m for a, m in self.arms.items() if models.get(a) == model}
 
+    def headline_of(self, model: str) -> str:
+        """The arm of ``model`` every other is compared with: the manifest's ``headline``, or the arm of its method
+        for another model; without one, the first MBQuant arm, else the first arm."""
+        arms = self.arms_of(model)
+        headline = resolved_manifest(self.invocation).get("headline")
+        if headline in arms:
+            return headline
+        same_method = [a for a, m in arms.items() if headline in self.arms and m == self.arms[headline]]
+        return same_method[0] if same_method else reference_arm(arms)
+
     @property
     def heading(self) -> str:
         return self.info["title"]
@@ -78,18 +89,27 @@ def _overrides(command: str) -> list[str]:
     return [value for flag, value in pairwise(words) if flag == "--set"]
 
 
-def arm_specs(invocation: dict | None) -> dict[str, tuple[str, str]]:
-    """arm -> (method, model) from an invocation's resolved manifest: known even for an arm that never ran."""
+def resolved_manifest(invocation: dict | None) -> dict:
+    """An invocation's resolved manifest as a mapping; empty for an older or hand-made record without one."""
     if invocation is None or not str(invocation.get("resolved_from", "")).startswith("artifact"):
         return {}
     try:
         doc = yaml.safe_load(invocation["resolved_yaml"])
+    except yaml.YAMLError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def arm_specs(invocation: dict | None) -> dict[str, tuple[str, str]]:
+    """arm -> (method, model) from an invocation's resolved manifest: known even for an arm that never ran."""
+    doc = resolved_manifest(invocation)
+    try:
         specs = {}
         for arm in doc.get("arms") or []:
             resolved = apply_overrides(doc, arm.get("set") or {})
             specs[arm["name"]] = (resolved["method"]["name"], resolved["model"]["arch"])
         return specs
-    except (yaml.YAMLError, KeyError, TypeError, AttributeError):  # an older or hand-made record: runs only
+    except (KeyError, TypeError, AttributeError):  # an older or hand-made record: runs only
         return {}
 
 
