@@ -96,7 +96,8 @@ def test_failed_killed_and_missing_runs_render_as_such(report):
     assert "mine my-plugin resnet20 seed 0 seed 1: killed seed 2" in alpha  # finished, killed, never started
     pipeline = pages_of(texts, "Pipeline checks")[0]
     assert "dedicated dedicated resnet20 0 failed" in pipeline
-    assert "2.000 (one epoch: no trend)" in pipeline and "no accuracy comparison" in pipeline
+    assert "dedicated dedicated resnet20 0 failed 1 × 3 = 3 steps 2.000" in pipeline and "so no trend" in pipeline
+    assert "no accuracy comparison" in pipeline
 
 
 def test_missing_paper_values_read_not_transcribed_and_smoke_pages_say_so(report):

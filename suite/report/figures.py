@@ -171,7 +171,8 @@ def curves_figure(section: Section) -> Figure:
     """Validation top-1 per bit-width over epochs, per arm (mean over its finished seeds)."""
     hist = _finished_history(section)
     bits = sorted(int(b) for b in hist["bits"].unique())
-    caption = ("Validation top-1 after each epoch (the runs' per-epoch metric history), mean over the arm's finished "
+    caption = ("Validation top-1 after each epoch (the runs' per-epoch metric history, numbered from 0 like MLflow's "
+               "steps and history.csv), mean over the arm's finished "
                "seeds, band ±1 SD where n > 1. A run reused from another experiment is drawn from the run that "
                "trained it." + _not_finished(section))
     page = new_page(section.heading, section.subheading + " · validation top-1 over epochs", caption, axes=True)
@@ -184,12 +185,12 @@ def curves_figure(section: Section) -> Figure:
                 if data.empty:
                     continue
                 g = data.groupby("epoch")["val_top1"].agg(["mean", "std"])
-                x = g.index.to_numpy() + 1
+                x = g.index.to_numpy()
                 ax.plot(x, g["mean"], label=arm, markersize=4, linewidth=1.3, **styles[arm].line_kwargs())
                 if g["std"].notna().any():
                     ax.fill_between(x, g["mean"] - g["std"], g["mean"] + g["std"], color=styles[arm].color, alpha=0.15)
             ax.set_title(f"{model}, {b}-bit", fontsize=9)
-            ax.set_xlabel("epoch")
+            ax.set_xlabel("epoch (from 0, as in MLflow)")
             ax.grid(alpha=0.3)
             ax.xaxis.get_major_locator().set_params(integer=True)
         row[0].set_ylabel("val top-1 (%)" + (f" — {section.scale}" if section.scale else ""))
@@ -223,6 +224,19 @@ def cost_axes(section: Section) -> dict[str, list[str]]:
     return out
 
 
+def _bit_labels(ax: Axes, points: pd.DataFrame, column: str, scale: float) -> None:
+    """Each point's bit-width beside it; of two points close together at one x (one arm's storage serves every
+    bit-width), the second label goes to the left, so no two labels print over each other."""
+    span = max(points["top1"].max() - points["top1"].min(), 1e-9)
+    for _, p in points.groupby(points[column]):
+        previous, left = None, False
+        for r in p.sort_values("top1").itertuples():
+            left = previous is not None and r.top1 - previous < 0.04 * span and not left
+            ax.annotate(str(r.bits), (getattr(r, column) / scale, r.top1), textcoords="offset points",
+                        xytext=(-4, 3) if left else (4, 3), ha="right" if left else "left", fontsize=6.5)
+            previous = r.top1
+
+
 def cost_figure(section: Section) -> Figure:
     """Top-1 vs BitOPs and vs storage, one point per (arm, bit-width), only where the arms differ in them."""
     panels = cost_axes(section)
@@ -242,9 +256,7 @@ def cost_figure(section: Section) -> Figure:
             for arm in styles:
                 p = points[points["arm"] == arm]
                 ax.plot(p[column] / scale, p["top1"], label=arm, markersize=6, **styles[arm].line_kwargs())
-                for r in p.itertuples():
-                    ax.annotate(str(r.bits), (getattr(r, column) / scale, r.top1), textcoords="offset points",
-                                xytext=(4, 3), fontsize=6.5)
+            _bit_labels(ax, points, column, scale)
             ax.set(xlabel=label, ylabel="top-1 accuracy (%)" + (f" — {section.scale}" if section.scale else ""))
             ax.set_title(f"{model}: top-1 vs {label.split(' (')[0]}", fontsize=9)
             ax.grid(alpha=0.3)
