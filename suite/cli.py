@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a manifest (every arm and seed) through the shared trainer")
-    run.add_argument("manifest", type=Path)
+    run.add_argument("manifest", type=Path, help="the experiment to run, e.g. experiments/table3_cifar100_resnet20_2468.yaml")
     run.add_argument("--launcher", choices=["local", "gpus", "submitit"], default="local",
                      help="local: this process (default; under torchrun, all of its processes); gpus: every (arm, seed) "
                           "as its own process on this machine's GPUs; submitit: a SLURM job array")
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pl = sub.add_parser("plan", help="every (arm, seed) job of a manifest: its state, steps left and estimated "
                                      "device-hours (a short measured probe of the step on this device)")
-    pl.add_argument("manifest", type=Path)
+    pl.add_argument("manifest", type=Path, help="the experiment to plan, e.g. experiments/table1_imagenet_2468.yaml")
     pl.add_argument("--step-time", type=float, default=None, metavar="SECONDS",
                     help="seconds per joint step at the manifest's batch, instead of the probe")
     pl.add_argument("--probe-batch", type=int, default=None,
@@ -243,11 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     doc.set_defaults(func=cmd_doctor)
 
     imp_runs = sub.add_parser("import-runs", help="merge the run bundles under DIR (run --offline) into the store")
-    imp_runs.add_argument("bundles", type=Path, metavar="DIR")
+    imp_runs.add_argument("bundles", type=Path, metavar="DIR", help="the folder given to run --offline")
     imp_runs.set_defaults(func=cmd_import_runs)
 
     lst = sub.add_parser("list", help="list the shipped experiment manifests")
-    lst.add_argument("--experiments", type=Path, default=EXPERIMENTS)
+    lst.add_argument("--experiments", type=Path, default=EXPERIMENTS,
+                     help=f"folder of manifests (default: {EXPERIMENTS})")
     lst.set_defaults(func=cmd_list)
 
     refs = sub.add_parser("references", help="the paper's numbers the verdicts compare with: list every registered "
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                                help="only these manifests (names or experiments/*.yaml paths; default: all)")
     refs_import = refs_sub.add_parser("import", help="validate a filled template and merge it into the registry "
                                                      "(all rows or none); prints what changed")
-    refs_import.add_argument("file", type=Path, metavar="FILE")
+    refs_import.add_argument("file", type=Path, metavar="FILE", help="a filled template (references template)")
     for p in (refs, refs_template, refs_import):
         p.add_argument("--references", type=Path, default=REFERENCES, help=f"the registry (default: {REFERENCES})")
     refs.set_defaults(func=cmd_references, action="list")
@@ -269,15 +270,19 @@ def main(argv: list[str] | None = None) -> int:
 
     quick = sub.add_parser("quickstart", help="the manifests marked `quickstart: true` (every method, the costs, the "
                                               "ImageNet pipeline checks) at the smoke profile, then the report")
-    quick.add_argument("--experiments", type=Path, default=EXPERIMENTS)
+    quick.add_argument("--experiments", type=Path, default=EXPERIMENTS,
+                       help=f"folder of manifests (default: {EXPERIMENTS})")
     quick.add_argument("--all", action="store_true", help="every manifest, the ablations included (longer)")
-    quick.add_argument("--profile", default="smoke")
+    quick.add_argument("--profile", default="smoke",
+                       help="the manifests' profile to run (default: smoke, minutes on a CPU; paper: the published "
+                            "protocol)")
     quick.set_defaults(func=cmd_quickstart)
 
     imp = sub.add_parser("import-checkpoint", help="evaluate a released MBQuant checkpoint at every bit-width and "
                                                    "track it like a run")
     imp.add_argument("checkpoint", type=Path, help="torch.save'd release checkpoint (or bare state dict)")
-    imp.add_argument("--model", default="resnet20", help="released model: resnet20, resnet8 (default: resnet20)")
+    imp.add_argument("--model", default="resnet20", help="released model: resnet20, resnet8 (CIFAR), resnet18, "
+                                                         "mobilenetv1 (ImageNet) (default: resnet20)")
     imp.add_argument("--dataset", default="cifar100",
                      help="cifar10, cifar100, or digits for an offline demo; sets the class count (default: cifar100)")
     imp.add_argument("--setting", default="2468", help="2468 (amortization) or 234 (serial) (default: 2468)")

@@ -183,3 +183,25 @@ def test_rerunning_after_other_manifests_reused_the_runs(table7_store, tmp_path,
         assert "its results are reused" not in out and out.count("not run again") >= 4
     client, runs = arm_runs(results)
     assert len(runs) == 5 and not any(k.startswith("qerr_") for r in runs for k in r.data.metrics)
+
+
+def test_every_argument_has_help_and_import_checkpoint_names_every_released_model(capsys, monkeypatch):
+    """Every argument of every subcommand explains itself in `--help`; the released models listed are the ones
+    that load."""
+    import argparse
+
+    from suite.interop import RELEASE_MODELS
+
+    undocumented, real = [], argparse.ArgumentParser.add_argument
+
+    def recording(parser, *names, **kwargs):
+        if not kwargs.get("help") and names != ("-h", "--help"):
+            undocumented.append((parser.prog, names))
+        return real(parser, *names, **kwargs)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "add_argument", recording)
+    with pytest.raises(SystemExit):
+        main(["import-checkpoint", "--help"])
+    assert not undocumented
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(name in out.split("--model MODEL")[-1].split("--dataset")[0] for name in RELEASE_MODELS)
