@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -100,7 +101,8 @@ class MethodSpec(_Strict):
         except ValidationError as err:
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise ValueError(f"options.{where}: {first['msg']}") from None
+            hint = _did_you_mean(first, _known_fields(method.Options, [str(p) for p in first["loc"]]))
+            raise ValueError(f"options.{where}: {first['msg']}{hint}") from None
         method.check_bits(self.bits, options)
         self.options = asdict(options)  # normalised: every option explicit, so the run's params say everything
         return self
@@ -266,12 +268,37 @@ def _validate(doc: dict, path: Path, source: str) -> Manifest:
             cause = e.get("ctx", {}).get("error")
             if isinstance(cause, FieldError):  # a range check inside a section: name the field itself
                 loc, message = loc + cause.field.split("."), cause.message
+            message += _did_you_mean(e, _known_fields(Manifest, loc))
             lines.append(f"  field `{'.'.join(loc) or '(top level)'}`: {message}")
         raise ManifestError("\n".join(lines)) from None
     except ManifestError:
         raise
     except ValueError as err:  # raised outside pydantic's field machinery
         raise ManifestError(f"{path}: invalid manifest ({source}): {err}") from None
+
+
+def _known_fields(cls: Any, loc: list[str]) -> set[str]:
+    """The field names beside the last part of ``loc`` (a path into ``cls``'s nested models and dataclasses)."""
+    for part in loc[:-1]:
+        try:
+            hints = typing.get_type_hints(cls)
+        except TypeError:
+            return set()
+        if part not in hints:
+            return set()
+        cls = next((a for a in typing.get_args(hints[part]) if a is not type(None)), hints[part])  # X | None -> X
+    try:
+        return set(typing.get_type_hints(cls)) - {"model_config"}
+    except TypeError:
+        return set()
+
+
+def _did_you_mean(error: dict, known: set[str]) -> str:
+    """", did you mean `epochs`?" for a misspelt key, when one known field is close."""
+    if error["type"] not in ("unexpected_keyword_argument", "extra_forbidden") or not error["loc"]:
+        return ""
+    close = difflib.get_close_matches(str(error["loc"][-1]), sorted(known), n=1)
+    return f"; did you mean `{close[0]}`?" if close else ""
 
 
 def config_hash(payload: Any) -> str:

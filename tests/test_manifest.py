@@ -81,3 +81,24 @@ def test_bad_overrides_and_profiles(tmp_path):
         load_manifest(path, "paper")
     with pytest.raises(ManifestError, match="manifest file not found"):
         load_manifest(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("section,typo,suggestion", [
+    ("recipe", {"epoch": 2}, "field `recipe.epoch`: Unexpected keyword argument; did you mean `epochs`?"),
+    ("top", {"tolerence": 1.0}, "field `tolerence`: Extra inputs are not permitted; did you mean `tolerance`?"),
+    ("options", {"selction": "serial"}, "options.selction: Unexpected keyword argument; did you mean `selection`?"),
+])
+def test_a_misspelt_key_gets_the_field_it_probably_meant(tmp_path, section, typo, suggestion):
+    doc = {"name": "typo", "version": 1, "title": "t", "paper": {"ref": "none"}, "data": {"dataset": "digits"},
+           "model": {"arch": "resnet8"}, "method": {"name": "mbquant", "bits": [2, 4]}, "recipe": {"epochs": 1},
+           "seeds": [0], "profiles": {"paper": {}}}
+    if section == "top":
+        doc |= typo
+    elif section == "recipe":
+        doc["recipe"] = typo
+    else:
+        doc["method"]["options"] = typo
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ManifestError, match=re.escape(suggestion)):
+        load_manifest(path)
