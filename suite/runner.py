@@ -29,6 +29,7 @@ from suite.methods import Trainable, build_trainable, method as registered_metho
 from suite.plots import training_curves_figure
 from suite.quant_error import measure_switching_error, summarize
 from suite.records import final_metrics, scale_label
+from suite.titles import honest_title
 from suite.tracking import Tracker, environment_tags, git_state
 from suite.trainer import evaluate, fit, resolve_device, seed_everything
 
@@ -58,7 +59,7 @@ def manifest_tags(loaded: LoadedManifest) -> dict[str, str]:
         "suite.device": str(resolve_device(m.recipe.device)), "suite.profile": loaded.profile,
         "suite.scale": scale_label(loaded.profile) or "paper-protocol", "suite.manifest": m.name,
         "suite.manifest_version": str(m.version), "suite.manifest_file": str(loaded.path),
-        "suite.manifest_hash": loaded.hash, "suite.title": m.title, "suite.paper_ref": m.paper.ref,
+        "suite.manifest_hash": loaded.hash, "suite.title": honest_title(loaded), "suite.paper_ref": m.paper.ref,
         "suite.paper_verified": str(m.paper.verified).lower(), "suite.claim": m.claim,
         "suite.pipeline_check": str(m.pipeline_check).lower(),
         "suite.tolerance": "" if m.tolerance is None else str(m.tolerance), "suite.command": loaded.command,

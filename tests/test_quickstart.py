@@ -72,3 +72,11 @@ def test_front_page_answers_for_every_manifest(quickstart):
         if name != "table4_storage_cost":  # costs only: its own pages, no accuracy claim
             assert name in front
     assert "smoke only" in front and "pipeline check" in front  # no smoke row can claim a reproduction
+    assert "exact" in front  # Table 4's costs: no profile shortens them
+
+
+def test_pages_name_what_ran_before_what_it_stands_in_for(quickstart):
+    _, pdf, _ = quickstart
+    text = " ".join(" ".join(p.extract_text().split()) for p in PdfReader(pdf).pages[1:])
+    assert "ResNet-8 on digits 8×8, smoke profile — stand-in for Table 3" in text
+    assert "ResNet-18 on digits 32×32, MobileNetV1 on digits 32×32, smoke profile — stand-in for Table 1" in text
