@@ -138,7 +138,7 @@ def cmd_references(args) -> int:
             print(f"{manifest}: {filled} of {len(group)} cell(s) transcribed")
             for r in group.itertuples():
                 print(f"    {r.arm:<34} {r.bits:>2}-bit  {r.status:<8} {r.table}, {r.row}, {r.column}")
-        print(f"fill them: python -m suite references template > cells.csv, then references import cells.csv")
+        print("fill them: python -m suite references template > cells.csv, then references import cells.csv")
     return 0
 
 
