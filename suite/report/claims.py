@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from suite.claims import FAILS, HOLDS, INCONCLUSIVE, SHORT, Claim
-from suite.report.sections import Section, resolved_manifest
+from suite.report.sections import Section
 from suite.report.stats import paired_differences
 
 
@@ -32,7 +32,7 @@ class ClaimResult:
 def declared(section: Section) -> list[Claim]:
     """The claims of the section's newest invocation (its resolved manifest)."""
     try:
-        return [Claim(**c) for c in resolved_manifest(section.invocation).get("claims") or []]
+        return [Claim(**c) for c in section.manifest_doc.get("claims") or []]
     except (TypeError, ValueError):  # an older or hand-made record: nothing to check
         return []
 

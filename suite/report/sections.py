@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import pairwise
 
 import pandas as pd
@@ -54,11 +55,16 @@ class Section:
         models = self.jobs.drop_duplicates("arm").set_index("arm")["model"]
         return {a: m for a, m in self.arms.items() if models.get(a) == model}
 
+    @cached_property
+    def manifest_doc(self) -> dict:
+        """The newest invocation's resolved manifest, parsed once (empty for an older record)."""
+        return resolved_manifest(self.invocation)
+
     def headline_of(self, model: str) -> str:
         """The arm of ``model`` every other is compared with: the manifest's ``headline``, or the arm of its method
         for another model; without one, the first MBQuant arm, else the first arm."""
         arms = self.arms_of(model)
-        headline = resolved_manifest(self.invocation).get("headline")
+        headline = self.manifest_doc.get("headline")
         if headline in arms:
             return headline
         same_method = [a for a, m in arms.items() if headline in self.arms and m == self.arms[headline]]
