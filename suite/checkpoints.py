@@ -4,11 +4,13 @@ A series (``last``, ``best``) lives in a run directory as ``<name>-<counter>.pt`
 steps done, so later is larger), each with a ``.sha256`` beside it. Files are written to a temporary name and renamed into place, checksum first, so a data
 file is always complete and has its checksum. They are read with ``torch.load(weights_only=True)``: tensors,
 containers and numbers only, so nothing in the store can run code. ``latest`` returns the newest file that reads
-back intact; a damaged one is reported, moved aside as ``*.corrupt`` and the one before it is used.
+back intact and fits the run reading it; a damaged or unfitting one is reported, moved aside as ``*.corrupt`` and
+the one before it is used. Small JSON records (a finished run's result) get the same checksum beside them.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -23,6 +25,10 @@ _NAME = re.compile(r"^(?P<series>[a-z]+)-(?P<counter>\d{10})\.pt$")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read back; the message names the file and why."""
+
+
+class UnfitCheckpoint(CheckpointError):
+    """An intact file whose contents do not fit the run reading it (shapes, keys, counters); the message says why."""
 
 
 class UnsafeCheckpoint(CheckpointError):
@@ -64,6 +70,13 @@ def _checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def set_aside(path: Path) -> None:
+    """Move ``path`` and its checksum aside as ``*.corrupt``: kept for inspection, never read again."""
+    for p in (path, _checksum_path(path)):
+        if p.exists():
+            os.replace(p, p.with_name(p.name + ".corrupt"))
+
+
 def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -84,6 +97,28 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if sha256_file(path) != checksum.read_text().strip():
         raise CheckpointError(f"{path}: content does not match its SHA-256 (the file is damaged)")
     return load_data(path, map_location)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """``obj`` as JSON at ``path`` with its checksum beside it, both written atomically, checksum first."""
+    path, text = Path(path), json.dumps(obj, indent=1)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    _write_atomically(_checksum_path(path), lambda t: t.write_text(digest + "\n"))
+    _write_atomically(path, lambda t: t.write_text(text))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON record written by ``write_json``, verified against its checksum; CheckpointError otherwise."""
+    path = Path(path)
+    checksum = _checksum_path(path)
+    if not checksum.exists():
+        raise CheckpointError(f"{path}: its checksum file {checksum.name} is missing")
+    if sha256_file(path) != checksum.read_text().strip():
+        raise CheckpointError(f"{path}: content does not match its SHA-256 (the file is damaged or was edited)")
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: is not readable JSON ({err})") from None
 
 
 class CheckpointSeries:
@@ -120,16 +155,21 @@ class CheckpointSeries:
             _checksum_path(old).unlink(missing_ok=True)
         return path
 
-    def latest(self, map_location: str | torch.device = "cpu") -> tuple[Any, Path] | None:
-        """The newest checkpoint that reads back intact, with its path; None when there is none. Each damaged file
-        on the way is named, moved aside as ``<file>.corrupt`` (with its checksum) and skipped."""
+    def latest(self, map_location: str | torch.device = "cpu",
+               check: Callable[[Any], None] | None = None) -> tuple[Any, Path] | None:
+        """The newest checkpoint that reads back intact and passes ``check`` (which raises UnfitCheckpoint saying
+        why the contents do not fit), with its path; None when there is none. Each damaged or unfitting file on the
+        way is named, moved aside as ``<file>.corrupt`` (with its checksum) and skipped."""
         for path in reversed(self.files()):
             try:
-                return read_checkpoint(path, map_location), path
+                saved = read_checkpoint(path, map_location)
+                try:
+                    if check is not None:
+                        check(saved)
+                except UnfitCheckpoint as err:
+                    raise CheckpointError(f"{path}: does not fit this run ({err})") from None
+                return saved, path
             except CheckpointError as err:
                 self.warn(f"warning: {err}; moved aside as {path.name}.corrupt, using the checkpoint before it")
-                os.replace(path, path.with_name(path.name + ".corrupt"))
-                checksum = _checksum_path(path)
-                if checksum.exists():
-                    os.replace(checksum, checksum.with_name(checksum.name + ".corrupt"))
+                set_aside(path)
         return None

@@ -31,7 +31,7 @@ from suite.quant_error import measure_switching_error, summarize
 from suite.records import final_metrics, scale_label
 from suite.titles import honest_title
 from suite.tracking import Tracker, environment_tags, git_state
-from suite.trainer import evaluate, fit, resolve_device, seed_everything
+from suite.trainer import Expected, evaluate, fit, resolve_device, seed_everything
 
 ANALYSIS_METRIC_PREFIXES = ("qerr_",)  # metrics an ``analyses`` entry logs (suite.quant_error)
 
@@ -291,14 +291,15 @@ def _run_analyses(inv: Invocation, run_id: str, metrics: dict, arm: ResolvedArm,
     cfg = arm.config
     if "quant_error" not in cfg.analyses or any(k.startswith(ANALYSIS_METRIC_PREFIXES) for k in metrics):
         return
-    found = next(filter(None, (CheckpointSeries(run_dir, name, warn=inv.echo).latest() for name in ("best", "last"))),
-                 None)
+    data = build_data(cfg.data, cfg.recipe.batch_size, seed, cfg.recipe.eval_batch_size)
+    model = configured_trainable(cfg, data.num_classes).model
+    fits = Expected(cfg.recipe, cfg.method.bits, None, model).model_state
+    found = next(filter(None, (CheckpointSeries(run_dir, name, warn=inv.echo).latest(check=fits)
+                               for name in ("best", "last"))), None)
     if found is None:
         inv.echo(f"    quant_error: no readable checkpoint under {run_dir}; analysis not run")
         return
     saved, checkpoint = found
-    data = build_data(cfg.data, cfg.recipe.batch_size, seed, cfg.recipe.eval_batch_size)
-    model = configured_trainable(cfg, data.num_classes).model
     model.load_state_dict(saved["model"])
     x, _ = next(iter(data.val))  # the first validation batch: deterministic, no augmentation
     table = measure_switching_error(model, cfg.method.bits, x)

@@ -14,7 +14,7 @@ finished one is not run again.
 from __future__ import annotations
 
 import json
-import os
+import math
 import signal
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from suite import interrupts, numerics, rng
-from suite.checkpoints import CheckpointSeries, read_checkpoint
+from suite.checkpoints import (CheckpointError, CheckpointSeries, UnfitCheckpoint, read_checkpoint, read_json,
+                               set_aside, write_json)
 from suite.distributed import SINGLE, Distributed, data_parallel, local_device, no_sync, sync_batch_norm
 from suite.methods.api import ParamGroup, Trainable
 from suite.recipe import Recipe
@@ -92,6 +93,15 @@ def _reseed(loader: Iterable, value: int, rank: int = 0) -> None:
         loader.generator.manual_seed(rng.rank_seed(value, rank))
     if hasattr(getattr(loader, "sampler", None), "seed"):
         loader.sampler.seed = value
+
+
+def epoch_steps(loader: Iterable, recipe: Recipe) -> int | None:
+    """Training steps in one epoch: the recipe's cap, or the loader's length, whichever is smaller (when known)."""
+    try:
+        known = [n for n in (recipe.steps_per_epoch, len(loader)) if n]
+    except TypeError:  # a loader without a length
+        known = [recipe.steps_per_epoch] if recipe.steps_per_epoch else []
+    return min(known) if known else None
 
 
 def _limited(loader: Iterable, steps: int | None) -> Iterator:
@@ -162,19 +172,141 @@ class Progress:
     best_final: dict[int, tuple[float, float]] = field(default_factory=dict)
 
 
-def _read_result(path: Path, warn: Callable[[str], None]) -> TrainResult | None:
-    """The finished run's result, or None; an unreadable file is named, moved aside and the run resumes."""
+# -- what a run reads back must fit it: intact files can still hold values no run of this recipe produces ----------
+
+@dataclass
+class Expected:
+    """What a checkpoint or result of this run can hold: the recipe's epochs and steps, the bit-widths, the model
+    (and, once built, the optimisers and schedules whose states a ``last`` checkpoint restores)."""
+
+    recipe: Recipe
+    bits: list[int]
+    steps: int | None  # training steps in one epoch, when known
+    model: nn.Module
+    optimizers: list[torch.optim.Optimizer] | None = None
+    schedulers: list | None = None
+
+    def results(self, final: dict, history: list[dict], best_epoch: int, best_mean: float, epochs_done: int) -> None:
+        """Accuracies are percentages, epochs lie within what was trained; UnfitCheckpoint otherwise."""
+        if len(history) != epochs_done or any(row.get("epoch") != i for i, row in enumerate(history)):
+            raise UnfitCheckpoint(f"its history does not list epochs 0 to {epochs_done - 1} once each")
+        for i, row in enumerate(history):
+            for key, value in row.items():
+                if "top1" in key or "top5" in key:
+                    _percentage(value, f"history epoch {i} {key}")
+        if not -1 <= best_epoch < epochs_done:
+            raise UnfitCheckpoint(f"best epoch {best_epoch} lies outside the {epochs_done} epoch(s) trained")
+        _percentage(best_mean, "best mean top-1")
+        for b, values in final.items():
+            if b not in self.bits:
+                raise UnfitCheckpoint(f"it holds results for {b} bits, not one of {self.bits}")
+            for name, value in zip(("top-1", "top-5"), values):
+                _percentage(value, f"{b}-bit {name}")
+
+    def progress(self, saved: dict) -> Progress:
+        try:
+            state = Progress(**saved)
+        except TypeError as err:
+            raise UnfitCheckpoint(f"its progress record is not one this trainer writes ({err})") from None
+        epochs = self.recipe.epochs
+        if not 0 <= state.epoch <= epochs:
+            raise UnfitCheckpoint(f"progress.epoch = {state.epoch} lies beyond the recipe's {epochs} epochs")
+        if not 0 <= state.step <= (self.steps or state.step) or state.epoch == epochs and state.step:
+            raise UnfitCheckpoint(f"progress.step = {state.step} lies beyond the {self.steps} steps of an epoch")
+        self.results(state.best_final, state.history, state.best_epoch, state.best_mean, state.epoch)
+        return state
+
+    def model_state(self, saved: Any) -> None:
+        """A checkpoint whose model state this run's model can load (a ``best`` one); UnfitCheckpoint otherwise."""
+        if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+            raise UnfitCheckpoint("it holds no model state")
+        _same_tensors(saved["model"], self.model.state_dict(), "model")
+
+    def checkpoint(self, saved: Any) -> None:
+        """A ``last`` checkpoint this run can resume from; UnfitCheckpoint otherwise. Checked before anything is
+        loaded, so a refused file leaves the model and optimisers untouched."""
+        self.model_state(saved)
+        try:
+            state = self.progress(saved["progress"])
+            for what, built, states in (("optimizer", self.optimizers, saved["optimizers"]),
+                                        ("schedule", self.schedulers, saved["schedulers"])):
+                if built is not None and len(states) != len(built):
+                    raise UnfitCheckpoint(f"it holds {len(states)} {what} state(s), the run has {len(built)}")
+            for o, s in zip(self.optimizers or [], saved["optimizers"]):
+                _optimizer_fits(o, s)
+            for s in saved["schedulers"] if self.schedulers is not None else []:
+                if s["last_epoch"] != state.epoch:
+                    raise UnfitCheckpoint(f"its schedule stands at epoch {s['last_epoch']}, its progress at "
+                                          f"{state.epoch}")
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            raise UnfitCheckpoint(f"it is not a checkpoint this trainer writes ({type(err).__name__}: {err})") from None
+
+
+def _percentage(value: Any, what: str) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 100:
+        raise UnfitCheckpoint(f"{what} = {value!r} is not a percentage in [0, 100]")
+
+
+def _same_tensors(saved: dict, own: dict, what: str) -> None:
+    if saved.keys() != own.keys():
+        missing, extra = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
+        raise UnfitCheckpoint(f"its {what} keys differ (missing {missing[:3]}, unexpected {extra[:3]})")
+    for key, value in saved.items():
+        if not isinstance(value, torch.Tensor) or value.shape != own[key].shape:
+            raise UnfitCheckpoint(f"{what} {key}: shape {tuple(getattr(value, 'shape', ()))}, the run's is "
+                                  f"{tuple(own[key].shape)}")
+
+
+def _optimizer_fits(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    groups = saved["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+        raise UnfitCheckpoint("its optimizer parameter groups differ from the run's")
+    params = dict(zip((i for g in groups for i in g["params"]), (p for g in optimizer.param_groups for p in g["params"])))
+    for index, entry in saved["state"].items():
+        if index not in params:
+            raise UnfitCheckpoint(f"it holds optimizer state for parameter {index}, which the run does not have")
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != params[index].shape:
+                raise UnfitCheckpoint(f"optimizer state {index}.{key}: shape {tuple(value.shape)}, its parameter's "
+                                      f"is {tuple(params[index].shape)}")
+
+
+def _plain_result(final: dict, history: list[dict], best_epoch: int, best_mean: float) -> str:
+    """A result in one comparable form (NaN losses compare equal)."""
+    return json.dumps([{str(b): list(v) for b, v in final.items()}, history, best_epoch, best_mean], sort_keys=True)
+
+
+def _read_result(path: Path, last: CheckpointSeries, expected: Expected, warn: Callable[[str], None]) -> TrainResult | None:
+    """The finished run's result, or None. It must match its checksum, hold percentages and epochs the recipe allows,
+    and agree with the run's newest good checkpoint; otherwise it is named, moved aside and the run resumes from
+    that checkpoint (or retrains, with none)."""
     if not path.exists():
         return None
     try:
-        saved = json.loads(path.read_text())
-        saved["final"] = {int(b): (float(v[0]), float(v[1])) for b, v in saved["final"].items()}
-        if not saved["final"]:
-            raise ValueError("no final metrics")
-        return TrainResult(**{**saved, "already_finished": True})
-    except (ValueError, KeyError, TypeError, IndexError) as err:
-        warn(f"warning: {path} cannot be read ({err}); moved aside as {path.name}.corrupt, the run resumes")
-        os.replace(path, path.with_name(path.name + ".corrupt"))
+        saved = read_json(path)
+        try:
+            saved["final"] = {int(b): (float(v[0]), float(v[1])) for b, v in saved["final"].items()}
+            result = TrainResult(**{**saved, "already_finished": True})
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+            raise CheckpointError(f"{path}: is not a run result ({type(err).__name__}: {err})") from None
+        if not result.final:
+            raise CheckpointError(f"{path}: holds no final metrics")
+        try:
+            expected.results(result.final, result.history, result.best_epoch, result.best_mean_top1,
+                             expected.recipe.epochs)
+        except (UnfitCheckpoint, AttributeError, TypeError) as err:
+            raise CheckpointError(f"{path}: {err}") from None
+        found = last.latest(check=expected.checkpoint)
+        if found is not None:  # checkpoints kept: the result must be what the newest one trained to
+            state = Progress(**found[0]["progress"])
+            if state.epoch != expected.recipe.epochs or _plain_result(
+                    state.best_final or result.final, state.history, state.best_epoch, state.best_mean) != \
+                    _plain_result(result.final, result.history, result.best_epoch, result.best_mean_top1):
+                raise CheckpointError(f"{path}: does not agree with its checkpoint {found[1].name}")
+        return result
+    except CheckpointError as err:
+        warn(f"warning: {err}; moved aside as {path.name}.corrupt, the run resumes from its last good checkpoint")
+        set_aside(path)
         return None
 
 
@@ -199,7 +331,9 @@ def fit(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     done_file = run_dir / "result.json"
-    finished = dist.from_main(_read_result(done_file, warn) if dist.main else None)
+    last, best = CheckpointSeries(run_dir, "last", keep=2, warn=warn), CheckpointSeries(run_dir, "best", keep=1, warn=warn)
+    expected = Expected(recipe, trainable.bits, epoch_steps(train_loader, recipe), trainable.model)
+    finished = dist.from_main(_read_result(done_file, last, expected, warn) if dist.main else None)
     if finished is not None:
         return finished
 
@@ -208,12 +342,12 @@ def fit(
     model, bits = trainable.model.to(device), trainable.bits
     optimizers = make_optimizers(trainable.param_groups(recipe))
     schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=recipe.epochs, eta_min=0) for o in optimizers]
-    last, best = CheckpointSeries(run_dir, "last", keep=2, warn=warn), CheckpointSeries(run_dir, "best", keep=1, warn=warn)
+    expected.optimizers, expected.schedulers = optimizers, schedulers
 
     state, resumed_from = Progress(), None
     # Read onto the CPU: load_state_dict copies the tensors to the model's and optimisers' devices, while the RNG
     # states and the optimisers' step counters must stay CPU tensors.
-    found = last.latest() if dist.main else None  # rank 0 picks (setting damaged files aside)
+    found = last.latest(check=expected.checkpoint) if dist.main else None  # rank 0 picks (setting bad files aside)
     path = dist.from_main(found[1] if found else None)
     if path is not None:
         saved = found[0] if dist.main else read_checkpoint(path)
@@ -297,7 +431,5 @@ def fit(
     # A run that never beat 0 % has no best epoch: report its last evaluation instead of nothing.
     result = TrainResult(state.best_epoch, state.best_mean, state.best_final or metrics, state.history, resumed_from)
     if dist.main:
-        tmp = done_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(result), indent=1))
-        os.replace(tmp, done_file)
+        write_json(done_file, asdict(result))
     return result
