@@ -263,6 +263,7 @@ def _train_locked(inv: Invocation, arm: ResolvedArm, seed: int, run_dir: Path) -
         processes = f" on {world} processes" if world > 1 else ""
         result, trainable, data = _fit(inv, arm, seed, run_dir,
                                        log=lambda metrics, step: tracker.log_metrics(run_id, metrics, step))
+        _log_missing_epochs(tracker, run_id, result.history)
         tracker.set_tags(run_id, {"suite.world_size": str(world), "suite.setup": (
             f"{data.description}; model {cfg.model.arch}; {r.epochs} epochs x {steps}, batch {r.batch_size}"
             f"{processes}, lr {r.lr}, lr_quant {r.lr_quant}")})
@@ -274,6 +275,18 @@ def _train_locked(inv: Invocation, arm: ResolvedArm, seed: int, run_dir: Path) -
     echo("    " + "  ".join(f"{b}-bit {t1:.2f}%" for b, (t1, _) in sorted(result.final.items())))
     _run_analyses(inv, run_id, final, arm, seed, run_dir)
     return _final_rows(arm, seed, final)
+
+
+def _log_missing_epochs(tracker: Tracker, run_id: str, history: list[dict]) -> None:
+    """Log again, at their own steps, the epochs of the run's history that MLflow lacks (a process killed between
+    an epoch's checkpoint and its logging), with the running best the trainer logs beside them: MLflow's curves
+    then hold every epoch of history.csv."""
+    logged, best = tracker.logged_steps(run_id, "val_top1_mean"), 0.0
+    for row in history:
+        best = max(best, row["val_top1_mean"])
+        if row["epoch"] not in logged:
+            metrics = {k: v for k, v in row.items() if k != "epoch"}
+            tracker.log_metrics(run_id, metrics | {"best_val_top1_mean": best}, row["epoch"])
 
 
 def _write_run_artifacts(folder: Path, arm: ResolvedArm, seed: int, result) -> None:

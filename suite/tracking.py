@@ -281,3 +281,7 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
+
+    def logged_steps(self, run_id: str, key: str) -> set[int]:
+        """The steps at which metric ``key`` of ``run_id`` was logged."""
+        return {m.step for m in self.client.get_metric_history(run_id, key)}

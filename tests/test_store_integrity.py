@@ -170,6 +170,27 @@ def arm_run(results):
     return client, run
 
 
+def test_a_kill_between_an_epochs_checkpoint_and_its_logging_is_logged_on_resume(tmp_path, results_dir, monkeypatch):
+    manifest = tmp_path / "tiny.yaml"
+    manifest.write_text(yaml.safe_dump(MANIFEST))
+    argv = ["run", str(manifest), "--results", str(results_dir), "--no-progress"]
+    fired = killed_once(monkeypatch, lambda metrics, step: step == 1 and "val_top1_mean" in metrics)
+    assert main(argv) == 130 and fired == [1]  # epoch 1 checkpointed, never logged
+    assert main(argv) == 0
+    client, run = arm_run(results_dir)
+    assert run.info.status == "FINISHED"
+    history = pd.read_csv(client.download_artifacts(run.info.run_id, "history.csv", str(tmp_path)))
+    assert list(history["epoch"]) == [0, 1, 2]
+    for key in [c for c in history.columns if c != "epoch"] + ["best_val_top1_mean"]:
+        logged = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in logged) == [0, 1, 2], key
+    logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_top1_mean")}
+    assert [logged[e] for e in history["epoch"]] == pytest.approx(list(history["val_top1_mean"]))
+    best = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "best_val_top1_mean"),
+                                    key=lambda m: m.step)]
+    assert best == pytest.approx(list(history["val_top1_mean"].cummax()))
+
+
 def test_an_edited_result_of_a_run_killed_before_its_final_logging_is_rebuilt(tmp_path, results_dir, monkeypatch,
                                                                              capsys):
     manifest = tmp_path / "tiny.yaml"
