@@ -42,10 +42,10 @@ def cmd_run(args) -> int:
 
     loaded = load_manifest(args.manifest, args.profile, parse_set_options(args.set)).subset(args.arm, args.seed)
     if args.launcher == "local" or loaded.manifest.task != "train":
-        from suite.bundles import new_bundle
+        from suite.bundles import offline_bundle
 
-        run_manifest(loaded, args.results, progress=not args.no_progress,
-                     tracking=new_bundle(args.offline) if args.offline else None)  # --offline: this process's bundle
+        with offline_bundle(args.offline) as tracking:  # --offline: this process's bundle, sealed when it ends
+            run_manifest(loaded, args.results, progress=not args.no_progress, tracking=tracking)
         return 0
     from suite.launch import Cluster, jobs_for, run_on_gpus, submit_to_slurm
 
@@ -95,11 +95,19 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_import_runs(args) -> int:
-    from suite.bundles import import_bundles
+    from suite.bundles import BundleError, import_bundles, verify_bundles
     from suite.tracking import Tracker
 
-    tracker = Tracker(args.results)
-    imported, present = import_bundles(args.bundles, tracker)
+    try:
+        bundles = verify_bundles(args.bundles)  # all proven intact before the store is opened
+        if not bundles:
+            print(f"nothing to import from {args.bundles} yet")
+            return 0
+        tracker = Tracker(args.results)
+        imported, present = import_bundles(bundles, tracker)
+    except BundleError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"imported {imported} run(s) into {tracker.uri}; {present} were there already")
     return 0
 
