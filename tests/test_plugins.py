@@ -10,6 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 import suite.methods as registry
+from helpers import EXPERIMENTS
 from suite.cli import main
 from suite.costs import measure_cost
 from suite.data import DataConfig, build_data
@@ -120,3 +121,25 @@ def test_bad_plugins_are_named(capsys):
     assert "plugin 'no_such_module_anywhere' cannot be imported" in capsys.readouterr().err
     with pytest.raises(registry.PluginError, match="already registered"):
         registry.register(Method("mbquant", ToyOptions, build))
+
+
+@pytest.mark.parametrize("body, expect", [
+    ("raise RuntimeError('half-written plugin')", "failed while being imported: RuntimeError: half-written plugin"),
+    ("import sys\nsys.exit(0)", "called exit(0) while being imported"),
+    ("import sys\nsys.exit('bye')", "called exit(bye) while being imported"),
+])
+def test_a_plugin_that_raises_or_exits_on_import_is_named_and_nothing_runs(body, expect, tmp_path, monkeypatch, capsys):
+    (tmp_path / "broken_plugin.py").write_text(body + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    results = tmp_path / "results"
+    argv = ["run", str(EXPERIMENTS / "table3_cifar100_resnet20_2468.yaml"), "--results", str(results)]
+    assert main([*argv, "--plugin", "broken_plugin"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: plugin 'broken_plugin' {expect}" in err and "Traceback" not in err
+    assert not results.exists()
+
+
+@pytest.mark.parametrize("name", ["../x", "plugins/toy.py", "toy.py ", "", ".hidden"])
+def test_a_plugin_is_a_module_name_not_a_path(name, capsys):
+    assert main(["run", "x.yaml", "--plugin", name]) == 2
+    assert "is not a module name" in capsys.readouterr().err

@@ -7,6 +7,7 @@ either way every manifest can use them as arms. ``method(name)`` loads the entry
 from __future__ import annotations
 
 import importlib
+import re
 from importlib.metadata import entry_points
 
 from suite.methods import adabits, anyprecision, bitmixer, dedicated, mbquant
@@ -34,10 +35,17 @@ def register(method: Method) -> Method:
 
 def load_plugin(module: str) -> Method:
     """Import ``module`` (``--plugin``) and register its ``METHOD``."""
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module):
+        raise PluginError(f"plugin {module!r} is not a module name: give a dotted Python name (e.g. mypackage.method) "
+                          "importable from the current folder or the environment, not a file path")
     try:
         found = importlib.import_module(module)
     except ImportError as err:
         raise PluginError(f"plugin {module!r} cannot be imported: {err}") from None
+    except SystemExit as err:  # the plugin ended the process while being imported: nothing ran
+        raise PluginError(f"plugin {module!r} called exit({err.code}) while being imported") from None
+    except Exception as err:  # its own bug: name the plugin, not the suite
+        raise PluginError(f"plugin {module!r} failed while being imported: {type(err).__name__}: {err}") from None
     if not hasattr(found, "METHOD"):
         raise PluginError(f"plugin {module!r} defines no METHOD (a suite.methods.Method)")
     return register(found.METHOD)
