@@ -48,6 +48,7 @@ def cmd_run(args) -> int:
             run_manifest(loaded, args.results, progress=not args.no_progress, tracking=tracking)
         return 0
     from suite.launch import Cluster, jobs_for, run_on_gpus, submit_to_slurm
+    from suite.paths import inside
 
     preflight(loaded)  # a missing dataset fails once, here, not in every job
     chosen = {a.name for a in loaded.arms}
@@ -56,7 +57,7 @@ def cmd_run(args) -> int:
             *[f"--set={s}" for s in args.set], *[f"--plugin={p}" for p in args.plugin],
             *([f"--offline={args.offline}"] if args.offline else [])]
     jobs = jobs_for(planned, base)
-    folder = args.results / "launch" / f"{loaded.manifest.name}.{loaded.profile}"
+    folder = inside(args.results, "launch", f"{loaded.manifest.name}.{loaded.profile}")
     cluster = Cluster(**(loaded.manifest.cluster.model_dump() if loaded.manifest.cluster else {}) | {
         k: v for k, v in dict(partition=args.partition, time_minutes=args.time, gpus_per_job=args.gpus_per_job,
                               cpus_per_task=args.cpus_per_task, account=args.account,
@@ -332,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     from suite.interop import InteropError
     from suite.manifest import ManifestError
     from suite.methods import PluginError, load_plugin
+    from suite.paths import PathEscape
     from suite.references import ReferenceError
     from suite.tracking import StoreError
 
@@ -344,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (ManifestError, DatasetNotFound, DataError, InteropError, PluginError, StoreError, CheckpointError,
-            ReferenceError, OSError) as err:  # OSError: a path given that cannot be used (a file where a folder belongs, ...)
+            ReferenceError, PathEscape, OSError) as err:  # OSError: a path given that cannot be used (a file where a folder belongs, ...)
         print(f"error: {err}", file=sys.stderr)
         return 2
     except interrupts.Interrupted as err:

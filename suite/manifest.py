@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 import shlex
 import typing
 from dataclasses import asdict
@@ -19,12 +20,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError, field_validator, \
+from pydantic_core import PydanticCustomError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError, field_validator, \
     model_validator
 
 from suite.claims import Claim
 from suite.data import LOADER_ONLY, PIPELINE_VERSION, DataConfig
 from suite.fields import FieldError, check_distinct
+from suite.paths import identifier_problem, inside
 from suite.methods import method as registered_method
 from suite.recipe import ADDED_LATER, Recipe
 
@@ -49,7 +52,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_DEPTH = 64  # the deepest manifest nests 5 levels; YAML's parser recurses per level, so bound it first
+_OPENS = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken,
+          yaml.FlowSequenceStartToken)
+_CLOSES = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
+
+
 def load_yaml(text: str) -> Any:
+    """YAML with unique keys, refused before parsing when it nests deeper than MAX_DEPTH (the scanner that measures
+    the depth does not recurse; the parser does, and would fail with a RecursionError)."""
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        depth += isinstance(token, _OPENS) - isinstance(token, _CLOSES)
+        if depth > MAX_DEPTH:
+            raise yaml.YAMLError(f"nested more than {MAX_DEPTH} levels deep (line {token.start_mark.line + 1})")
     return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
@@ -64,16 +80,35 @@ def _numeric_fields(cls) -> set[str]:
     return out
 
 
-def reject_booleans(section: Any, cls, prefix: str) -> None:
-    """YAML's true/false would pass as 1/0 where a number is expected: name the field instead."""
+_NUMBER = re.compile(r"\s*[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")  # what YAML would read as a number
+
+
+def reject_non_numbers(section: Any, cls, prefix: str) -> None:
+    """Where a number is expected, YAML's true/false would pass as 1/0 and a quoted '2' as 2: name the field."""
     if isinstance(section, dict):
         for name in _numeric_fields(cls) & set(section):
-            if isinstance(section[name], bool):
-                raise FieldError(f"{prefix}{name}", f"must be a number, got a boolean ({str(section[name]).lower()})")
+            value = section[name]
+            if isinstance(value, bool):
+                raise FieldError(f"{prefix}{name}", f"must be a number, got a boolean ({str(value).lower()})")
+            if isinstance(value, str):
+                hint = ": drop the quotes" if _NUMBER.fullmatch(value) else ""
+                raise FieldError(f"{prefix}{name}", f"must be a number, got a string ({value!r}){hint}")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a quoted "90" is not the number 90, nor "yes" a boolean
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _identifier(value: str) -> str:
+    problem = identifier_problem(value)
+    if problem:
+        raise PydanticCustomError("identifier", problem)
+    return value
+
+
+# Becomes a file name, an MLflow experiment or metric name, or a tag: checked before anything opens.
+Identifier = Annotated[str, AfterValidator(_identifier)]
 
 
 class PaperReference(_Strict):
@@ -95,7 +130,7 @@ class MethodSpec(_Strict):
     def _method_options(self):
         method = registered_method(self.name)
         check_distinct("bits", self.bits)
-        reject_booleans(self.options, method.Options, "options.")
+        reject_non_numbers(self.options, method.Options, "options.")
         try:
             options = TypeAdapter(method.Options).validate_python(self.options)
         except ValidationError as err:
@@ -130,23 +165,23 @@ class ClusterSpec(_Strict):
 
 
 class Arm(_Strict):
-    name: str
+    name: Identifier
     set: dict[str, Any] = Field(default_factory=dict, description="dotted overrides, e.g. method.options.selection")
 
 
 class Manifest(_Strict):
-    name: str
+    name: Identifier
     version: StrictInt = Field(ge=1, description="bump when the experiment's meaning changes")
     title: str
     claim: str = Field("", description="the paper's claim this experiment checks, in one sentence")
     claims: list[Claim] = Field(default_factory=list, description="the claim as checks over this manifest's own "
                                 "results, each with its verdict in the report (suite.claims)")
-    headline: str | None = Field(None, description="the arm that difference panels and claim checks set against "
+    headline: Identifier | None = Field(None, description="the arm that difference panels and claim checks set against "
                                  "every other (default: the first MBQuant arm, else the first arm)")
     task: Literal["train", "costs", "evaluate"] = Field(
         "train", description="train: every (arm, seed) through the trainer; costs: storage and BitOPs of every "
         "arm's model, measured without training or data; evaluate: a released checkpoint at every bit-width")
-    experiment: str | None = Field(None, description="MLflow experiment of the runs (default: the manifest name)")
+    experiment: Identifier | None = Field(None, description="MLflow experiment of the runs (default: the manifest name)")
     checkpoint: CheckpointSpec | None = None
     paper: PaperReference
     data: DataConfig
@@ -158,7 +193,7 @@ class Manifest(_Strict):
         default_factory=list, description="measurements on each trained model (its best checkpoint), logged to "
         "the run; quant_error: weight / activation switching error per layer and bit-width")
     arms: list[Arm] = Field(default_factory=list)
-    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    profiles: dict[Identifier, dict[str, Any]] = Field(default_factory=dict)
     tolerance: float | None = Field(None, description="top-1 points within which a reproduction agrees with the paper")
     cluster: ClusterSpec | None = None
     quickstart: bool = Field(False, description="part of `python -m suite quickstart` (at its smoke profile); the "
@@ -178,10 +213,10 @@ class Manifest(_Strict):
     @classmethod
     def _no_booleans_for_numbers(cls, doc):
         if isinstance(doc, dict):
-            reject_booleans(doc.get("recipe"), Recipe, "recipe.")
-            reject_booleans(doc.get("data"), DataConfig, "data.")
-            if isinstance(doc.get("tolerance"), bool):
-                raise FieldError("tolerance", "must be a number, got a boolean")
+            reject_non_numbers(doc.get("recipe"), Recipe, "recipe.")
+            reject_non_numbers(doc.get("data"), DataConfig, "data.")
+            if isinstance(doc.get("tolerance"), (bool, str)):
+                raise FieldError("tolerance", f"must be a number, got {doc['tolerance']!r}")
         return doc
 
     @model_validator(mode="after")
@@ -251,10 +286,13 @@ def parse_set_options(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ManifestError(f"--set expects KEY=VALUE, got {pair!r}")
         key, raw = pair.split("=", 1)
+        if key.count(".") >= MAX_DEPTH:
+            raise ManifestError(f"--set {key[:40]}...: a field nested more than {MAX_DEPTH} levels deep")
         try:
             out[key.strip()] = load_yaml(raw)
         except yaml.YAMLError as err:
-            raise ManifestError(f"--set {pair!r}: the value is not valid YAML ({err})") from None
+            shown = pair if len(pair) <= 80 else f"{pair[:77]}..."
+            raise ManifestError(f"--set {shown!r}: the value is not valid YAML ({err})") from None
     return out
 
 
@@ -329,7 +367,7 @@ class ResolvedArm(BaseModel):
         """Where a run's checkpoints and result live: keyed by configuration, so a killed run resumes whichever
         manifest started it."""
         cfg = self.config
-        return Path(results_dir) / "runs" / f"{cfg.model.arch}-{cfg.method.name}" / f"{self.run_key(seed)}-seed{seed}"
+        return inside(results_dir, "runs", f"{cfg.model.arch}-{cfg.method.name}", f"{self.run_key(seed)}-seed{seed}")
 
 
 class LoadedManifest(BaseModel):

@@ -23,6 +23,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from suite import interrupts
+from suite.paths import inside
 
 
 TAG_KIND, TAG_KEY, TAG_OWNER = "suite.kind", "suite.run_key", "suite.owner"
@@ -164,7 +165,7 @@ class Tracker:
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:"):  # keep artifacts beside the store, not in the working directory
-            location = (self.sqlite_path.parent / "mlflow-artifacts" / name).as_uri()
+            location = inside(self.sqlite_path.parent, "mlflow-artifacts", name).resolve().as_uri()
         return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
 
     def experiment_ids(self) -> list[str]:

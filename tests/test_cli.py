@@ -137,11 +137,11 @@ def test_list_shows_the_shipped_manifests(capsys):
 def test_identical_run_of_another_manifest_is_reused_not_retrained(fig3_store, tmp_path):
     results, out = fig3_store
     results = copy_store(results, tmp_path / "results")
-    assert "its results are reused" in out  # amortization + in-place KD = table 3's mbquant
+    assert "its results are reused" in out  # amortization-kd = table 3's mbquant
     client, runs = arm_runs(results, "fig3_selection_x_distillation")
     assert len(runs) == 4
     reused = [r for r in runs if "suite.reused_from" in r.data.tags]
-    assert len(reused) == 1 and reused[0].data.tags["suite.arm"] == "amortization + in-place KD"
+    assert len(reused) == 1 and reused[0].data.tags["suite.arm"] == "amortization-kd"
     original = client.get_run(reused[0].data.tags["suite.reused_from"])
     assert original.data.tags["suite.manifest"] == "table3_cifar100_resnet20_2468"
     assert reused[0].data.metrics["final_top1_b4"] == original.data.metrics["final_top1_b4"]
@@ -158,7 +158,7 @@ def test_quant_error_analysis_runs_on_reused_and_new_checkpoints(table7_store, t
     results, out = table7_store
     results = copy_store(results, tmp_path / "results")
     client, runs = arm_runs(results, "table7_quantization_error")
-    assert {r.data.tags["suite.arm"] for r in runs} == {"mbquant", "mbquant clean", "anyprecision", "adabits"}
+    assert {r.data.tags["suite.arm"] for r in runs} == {"mbquant", "mbquant-clean", "anyprecision", "adabits"}
     for run in runs:
         assert 0 <= run.data.metrics["qerr_logits_b2"] < float("inf")
         assert "quant_error.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -166,7 +166,7 @@ def test_quant_error_analysis_runs_on_reused_and_new_checkpoints(table7_store, t
     assert "mbquant seed 0: identical to a run of table3_cifar100_resnet20_2468" in out
     sources = [client.get_run(r.data.tags["suite.reused_from"]) for r in runs if "suite.reused_from" in r.data.tags]
     assert sources and all("suite.reused_from" not in s.data.tags for s in sources)
-    clean = next(r for r in runs if r.data.tags["suite.arm"] == "mbquant clean")
+    clean = next(r for r in runs if r.data.tags["suite.arm"] == "mbquant-clean")
     assert clean.data.metrics["qerr_weight_b4"] == 0  # branch-indexed bounds: fixed 2-bit weights
     out = tmp_path / "report.pdf"
     assert main(["report", "--results", str(results), "--out", str(out)]) == 0

@@ -51,3 +51,17 @@ def test_malformed_input_is_refused_before_anything_is_opened(case, tmp_path, ca
     if "expect" in case:
         assert case["expect"] in err, err
     assert not results.exists()
+
+
+@pytest.mark.parametrize("shape", ["block", "flow"])
+def test_a_manifest_nested_100000_levels_deep_is_one_line(shape, tmp_path, capsys):
+    """YAML's parser recurses per level: the depth is measured first, without recursion."""
+    manifest = tmp_path / "deep.yaml"
+    if shape == "block":
+        manifest.write_text("".join(f"{'  ' * i}k{i}:\n" for i in range(100_000)))
+    else:
+        manifest.write_text("recipe: " + "[" * 100_000 + "\n")
+    assert main(["run", str(manifest), "--results", str(tmp_path / "results"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {manifest}: not valid YAML: nested more than 64 levels deep") and err.count("\n") == 1
+    assert not (tmp_path / "results").exists()

@@ -53,7 +53,7 @@ def test_fig3_has_four_arms_with_distinct_settings():
 
 @pytest.mark.parametrize("edit,field,message", [
     (lambda d: d["recipe"].update(epoch=3), "recipe.epoch", "Unexpected keyword argument"),
-    (lambda d: d["recipe"].update(epochs="many"), "recipe.epochs", "valid integer"),
+    (lambda d: d["recipe"].update(epochs="many"), "recipe.epochs", "must be a number, got a string ('many')"),
     (lambda d: d.update(colour="red"), "colour", "Extra inputs are not permitted"),
     (lambda d: d["data"].update(dataset="mnist"), "data.dataset", "Input should be"),
     (lambda d: d["method"]["options"].update(selectoin="serial"), "method", "options.selectoin"),
