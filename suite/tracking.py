@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlparse
 
 import torch
 from filelock import FileLock, Timeout
@@ -29,6 +30,20 @@ from suite.paths import inside
 TAG_KIND, TAG_KEY, TAG_OWNER = "suite.kind", "suite.run_key", "suite.owner"
 PARENT_TAG = "mlflow.parentRunId"
 PROBE_TIMEOUT_S = 5
+# Every request to a tracking server is bounded through MLflow's own settings (its defaults retry for minutes, and
+# honour a Retry-After of any length): 3 tries of at most 8 s, 2-2.5 s apart, under 30 s in all. Set by the
+# suite only where the user has not set them; processes it starts inherit them.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "8", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+               "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false"}
+for _name, _value in HTTP_LIMITS.items():
+    os.environ.setdefault(_name, _value)
+PREFLIGHT_DEADLINE_S = 20  # opening a store that is not a local SQLite file, and one real API call, in all
+DATABASES = ("postgresql", "mysql", "mssql")  # SQLAlchemy URIs MLflow stores runs in (dialect[+driver]://)
+REMOTE = ("http", "https", "databricks", *DATABASES)
+# Errors a store that works answers with (the suite handles them or they name a bad request); any other error of a
+# remote store means the store itself failed.
+ANSWERS = {"RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "INVALID_STATE"}
 # A run's end results (not per-epoch series): what a reuse record carries over.
 FINAL_METRICS = ("final_", "best_epoch", "storage_", "macs_", "bitops_", "fp_macs_")
 # Experiments open on MLflow's runs table (its "machine learning" view) rather than its GenAI traces view.
@@ -72,39 +87,131 @@ def environment_tags() -> dict[str, str]:
             "python.version": platform.python_version()}
 
 
+def scheme(uri: str) -> str:
+    """The store kind of a tracking URI: ``sqlite``, ``http``, ``postgresql`` (any driver), ``file`` (also a path)."""
+    if uri == "databricks":  # MLflow's name for a Databricks workspace's store
+        return uri
+    return urlparse(uri).scheme.split("+", 1)[0].lower() or "file"
+
+
 def check_store(uri: str) -> None:
-    """Fail within seconds, naming ``uri``, when the tracking store cannot be used: an unreachable server (MLflow's
-    own client would retry for minutes), or a SQLite file that is not an intact MLflow store."""
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        if not path.exists():
-            return
+    """Refuse, naming ``uri`` and before anything opens, a store the suite cannot use: an unknown scheme, a file
+    store (MLflow no longer takes new runs there), a SQLite file that is not an intact MLflow store. A remote store
+    is proven by ``connect``."""
+    kind = scheme(uri)
+    if kind == "file":
+        raise StoreError(f"the tracking store {uri} is a file store, which MLflow keeps in maintenance mode: use "
+                         "sqlite:///PATH/mlflow.db (the default, under --results) or a tracking server http(s)://")
+    if kind not in ("sqlite", *REMOTE):
+        raise StoreError(f"the tracking store {uri} has an unknown scheme {kind!r}: use sqlite:///PATH/mlflow.db, "
+                         f"http(s)://HOST:PORT or a database ({', '.join(f'{d}://' for d in DATABASES)})")
+    if kind != "sqlite":
+        return
+    path = Path(uri.removeprefix("sqlite:///"))
+    if not path.exists():
+        return
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=PROBE_TIMEOUT_S) as db:
+            status = db.execute("PRAGMA quick_check").fetchone()[0]
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as err:
+        status, tables = str(err), {"?"}
+    if status == "ok" and tables and "experiments" not in tables:
+        status = "it holds no MLflow tables"
+    if status != "ok":
+        raise StoreError(f"{path} is not an intact MLflow SQLite store ({status}): move it aside to start a new "
+                         f"store; the checkpoints under {path.parent / 'runs'} are kept and resume")
+
+
+# What a remote store's failure means, from MLflow's and requests' messages (they name every detail in one long
+# line, an HTML page included): the first pattern found gives the reason reported.
+REASONS = (
+    (r"too many (\d{3}) error responses", "it answered HTTP {0} to every try"),
+    (r"failed with error code (\d{3})", "it answered HTTP {0}, not an MLflow API answer"),
+    (r"not in a valid JSON format", "its answer is not JSON, not an MLflow API answer"),
+    (r"[Rr]ead timed out|timeout", "no answer within the request timeout (MLFLOW_HTTP_REQUEST_TIMEOUT)"),
+    (r"Connection refused", "connection refused"),
+    (r"Failed to resolve|Name or service not known|nodename nor servname", "its host name is unknown"),
+    (r"No module named '([\w.]+)'", "the driver {0} is not installed"),
+)
+
+
+def failure_reason(err: BaseException) -> str:
+    """One short line saying why a call to a remote store failed."""
+    text = " ".join(str(err).split())
+    for pattern, reason in REASONS:
+        found = re.search(pattern, text)
+        if found:
+            return reason.format(*found.groups())
+    return f"{type(err).__name__}: {text[:200]}"
+
+
+class ServerClient:
+    """An MlflowClient of a remote store whose failures are StoreErrors naming the store and the call, one line.
+
+    After one failure every later call fails at once with the same message: the server is down, and closing the
+    runs would each wait out the request limits again. The runs stay RUNNING and their invocation's lock file stays;
+    the next invocation closes them (``Tracker.close_orphans``) and resumes from the checkpoints."""
+
+    def __init__(self, client, uri: str):
+        self.client, self.uri, self.failed = client, uri, None
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            if self.failed:
+                raise StoreError(self.failed)
+            try:
+                return attr(*args, **kwargs)
+            except Exception as err:
+                if not self.is_failure(err):
+                    raise
+                self.failed = (f"the tracking store {self.uri} failed ({name}): {failure_reason(err)}; the runs "
+                               "are checkpointed: run the same command again once it answers, to resume")
+                raise StoreError(self.failed) from None
+        return call
+
+    @staticmethod
+    def is_failure(err: Exception) -> bool:
+        from mlflow.exceptions import MlflowException, RestException
+        from requests import RequestException
+
+        if isinstance(err, RestException):
+            return err.error_code not in ANSWERS
+        return isinstance(err, (MlflowException, RequestException))
+
+
+def connect(uri: str) -> ServerClient:
+    """A client of the remote store ``uri``, proven by one real API call (listing an experiment), all within
+    PREFLIGHT_DEADLINE_S: a store that hangs, answers errors or is not MLflow's is refused in one line."""
+    from mlflow.tracking import MlflowClient
+
+    outcome: dict = {}
+
+    def probe() -> None:
         try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=PROBE_TIMEOUT_S) as db:
-                status = db.execute("PRAGMA quick_check").fetchone()[0]
-                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.DatabaseError as err:
-            status, tables = str(err), {"?"}
-        if status == "ok" and tables and "experiments" not in tables:
-            status = "it holds no MLflow tables"
-        if status != "ok":
-            raise StoreError(f"{path} is not an intact MLflow SQLite store ({status}): move it aside to start a new "
-                             f"store; the checkpoints under {path.parent / 'runs'} are kept and resume")
-    elif uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
-        except urllib.error.HTTPError:
-            pass  # the server answered
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            reason = getattr(err, "reason", err)
-            raise StoreError(f"the tracking server {uri} cannot be reached within {PROBE_TIMEOUT_S} s ({reason}): "
-                             "start it, or check MLFLOW_TRACKING_URI") from None
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+            outcome["client"] = client
+        except Exception as err:  # the driver missing, the host unknown, a refusal, an answer that is not MLflow's
+            outcome["error"] = err
+
+    worker = threading.Thread(target=probe, daemon=True)  # left behind if it hangs: the process exits anyway
+    worker.start()
+    worker.join(PREFLIGHT_DEADLINE_S)
+    if "client" in outcome:
+        return ServerClient(outcome["client"], uri)
+    reason = failure_reason(outcome["error"]) if "error" in outcome else f"no answer within {PREFLIGHT_DEADLINE_S} s"
+    raise StoreError(f"the tracking store {uri} cannot be used: {reason}; start it, or check MLFLOW_TRACKING_URI")
 
 
 def lock_is_free(path: Path) -> bool:
-    """Whether the file lock ``path`` exists and no process holds it (its holder, if any, is gone)."""
+    """Whether no process holds the file lock ``path`` (a missing one is free: its holder is gone)."""
     if not path.exists():
-        return False
+        return True
     lock = FileLock(path)
     try:
         lock.acquire(timeout=0)
@@ -121,42 +228,64 @@ class Tracker:
 
         self.results_dir = Path(results_dir)
         self.uri = uri or tracking_uri(self.results_dir)
+        self.closed: set[str] = set()  # the runs this process closed (finish)
         check_store(self.uri)
+        if scheme(self.uri) != "sqlite":
+            self.client = connect(self.uri)  # proven before anything is written
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.locks = self.results_dir / "locks"
-        if self.uri.startswith("sqlite:"):
+        if scheme(self.uri) == "sqlite":
             self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)  # a bundle's folder (run --offline)
-        if self.uri.startswith("sqlite:"):
             # A new SQLite store migrates its schema on first use: one process at a time, or they race; and a stop
             # signal waits until it is done (an interrupted migration leaves a store no process can open).
             with FileLock(self.sqlite_path.with_name(".mlflow.db.lock")), interrupts.deferred():
                 self.client = MlflowClient(tracking_uri=self.uri)
                 self.client.search_experiments(max_results=1)
-        else:
-            self.client = MlflowClient(tracking_uri=self.uri)
 
     def close_orphans(self) -> list[str]:
         """Close as KILLED every RUNNING run whose owning invocation is gone (its lock file is free); their ids.
 
-        A process killed without a chance to clean up (SIGKILL, power loss) leaves its runs RUNNING."""
+        A process killed without a chance to clean up (SIGKILL, power loss), or one whose store failed while it
+        closed its runs, leaves them RUNNING."""
         experiments = self.experiment_ids()
         if not experiments:
             return []
-        closed, owners = [], {}
+        closed, gone = [], {}
         for run in self.client.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=5000):
             owner = run.data.tags.get(TAG_OWNER)
-            if owner and owners.setdefault(owner, lock_is_free(self.invocation_lock(owner))):
+            if owner and owner not in gone:
+                gone[owner] = self.owner_lock(owner, run.data.tags if owner == run.info.run_id else None)
+            if owner and gone[owner]:
                 self.finish(run.info.run_id, "KILLED")
                 closed.append(run.info.run_id)
-        for owner, dead in owners.items():
-            if dead:
-                self.invocation_lock(owner).unlink(missing_ok=True)
+        for lock in filter(None, gone.values()):
+            lock.unlink(missing_ok=True)
         return closed
+
+    def owner_lock(self, owner: str, tags: dict[str, str] | None = None) -> Path | None:
+        """The lock file of invocation ``owner`` if that invocation is gone, else None. Its lock is where its own
+        tags say (another results folder on this machine has its own); an invocation of another machine is left to
+        that machine, whose lock files this one cannot see."""
+        if tags is None:
+            from mlflow.exceptions import MlflowException
+
+            try:
+                tags = self.client.get_run(owner).data.tags
+            except MlflowException:  # deleted: nothing says where it ran
+                tags = {}
+        if tags.get("suite.host", platform.node()) != platform.node():
+            return None
+        lock = Path(tags.get("suite.lock") or self.invocation_lock(owner))
+        return lock if lock_is_free(lock) else None
 
     def invocation_lock(self, parent_id: str) -> Path:
         return self.locks / f"invocation-{parent_id}.lock"
 
     def experiment_id(self, name: str) -> str:
+        """The experiment ``name``, created if missing. Several processes may create it at once (jobs starting
+        together against one server): the one that loses the race reads the winner's."""
+        from mlflow.exceptions import MlflowException
+
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             if not set(EXPERIMENT_KIND) <= set(exp.tags):  # created by an earlier version of the suite
@@ -166,7 +295,12 @@ class Tracker:
         location = None
         if self.uri.startswith("sqlite:"):  # keep artifacts beside the store, not in the working directory
             location = inside(self.sqlite_path.parent, "mlflow-artifacts", name).resolve().as_uri()
-        return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        try:
+            return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        return self.client.get_experiment_by_name(name).experiment_id
 
     def experiment_ids(self) -> list[str]:
         return [e.experiment_id for e in self.client.search_experiments()]
@@ -178,19 +312,23 @@ class Tracker:
     @contextmanager
     def invocation(self, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]) -> Iterator[str]:
         """The parent run of one invocation, open for the block, closed as ``running`` closes it. The process holds
-        the invocation's lock file meanwhile, so a later ``close_orphans`` can tell it is alive."""
+        the invocation's lock file meanwhile, so a later ``close_orphans`` can tell it is alive; the file is removed
+        once the run is closed, and left for that ``close_orphans`` when closing failed."""
         run_id = self.client.create_run(experiment_id, run_name=name, tags={**tags, TAG_KIND: "invocation"}).info.run_id
         self.locks.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(self.invocation_lock(run_id))
+        path = self.invocation_lock(run_id)
+        lock = FileLock(path)
         lock.acquire()
         try:
-            self.set_tags(run_id, {TAG_OWNER: run_id, "suite.host": platform.node(), "suite.pid": str(os.getpid())})
+            self.set_tags(run_id, {TAG_OWNER: run_id, "suite.host": platform.node(), "suite.pid": str(os.getpid()),
+                                   "suite.lock": str(path.resolve())})
             with self.running(run_id):
                 self.log_params(run_id, params)
                 yield run_id
         finally:
             lock.release()
-            self.invocation_lock(run_id).unlink(missing_ok=True)
+            if run_id in self.closed:
+                path.unlink(missing_ok=True)
 
     def find(self, run_key: str, experiment_id: str | None = None, status: str | None = None):
         """The newest run with this key (in one experiment, or in any), optionally of one status; else None."""
@@ -282,6 +420,7 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
+        self.closed.add(run_id)
 
     def logged_steps(self, run_id: str, key: str) -> set[int]:
         """The steps at which metric ``key`` of ``run_id`` was logged."""

@@ -37,11 +37,14 @@ def wait_for_a_stop(options: HeldOptions, epoch: int, epochs: int) -> None:
         time.sleep(0.05)
 
 
-def build_held(arch, num_classes, bits, options):
-    model = create_model(arch, num_classes=num_classes, bits=bits, conv=DoReFaConv,
-                         norm=partial(PerBitBatchNorm, bits=bits))
-    return Trainable(model, list(bits), labels_only, partial(weight_groups, model),
-                     on_epoch_start=partial(wait_for_a_stop, options))
+def waiting_method(name: str, options_type, wait) -> Method:
+    """A DoReFa method named ``name`` whose every epoch starts with ``wait(options, epoch, epochs)``."""
+    def build(arch, num_classes, bits, options):
+        model = create_model(arch, num_classes=num_classes, bits=bits, conv=DoReFaConv,
+                             norm=partial(PerBitBatchNorm, bits=bits))
+        return Trainable(model, list(bits), labels_only, partial(weight_groups, model),
+                         on_epoch_start=partial(wait, options))
+    return Method(name, options_type, build)
 
 
-METHOD = Method("held", HeldOptions, build_held)
+METHOD = waiting_method("held", HeldOptions, wait_for_a_stop)
