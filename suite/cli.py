@@ -3,6 +3,7 @@ installed as ``suite``)."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -19,6 +20,24 @@ REPORT = Path("reports/report.pdf")
 REFERENCES = Path("results/paper/reference_numbers.csv")
 # MLflow's runs table (its "Model training" view; the UI otherwise opens on its GenAI traces view)
 UI_URL = "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other refusal (``--help`` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _positive_real(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -202,7 +221,7 @@ def torch_distributed_initialized() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="suite", description="MBQuant reproducibility suite")
+    parser = _Parser(prog="suite", description="MBQuant reproducibility suite")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a manifest (every arm and seed) through the shared trainer")
@@ -210,15 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--launcher", choices=["local", "gpus", "submitit"], default="local",
                      help="local: this process (default; under torchrun, all of its processes); gpus: every (arm, seed) "
                           "as its own process on this machine's GPUs; submitit: a SLURM job array")
-    run.add_argument("--gpus-per-job", type=int, default=None, metavar="K",
+    run.add_argument("--gpus-per-job", type=_positive, default=None, metavar="K",
                      help="GPUs per job (gpus, submitit): K > 1 runs each job under torchrun")
     run.add_argument("--jobs-per-gpu", type=_positive, default=None, metavar="K",
                      help="gpus launcher: K jobs share each GPU (or CPU slot) at once; `suite doctor` suggests K "
                           "(default: the profile's cluster block, else 1)")
-    run.add_argument("--cpu-slots", type=int, default=None, metavar="N", help="gpus launcher without GPUs: N CPU jobs")
+    run.add_argument("--cpu-slots", type=_positive, default=None, metavar="N", help="gpus launcher without GPUs: N CPU jobs")
     run.add_argument("--partition", default=None, help="SLURM partition (submitit; else the profile's cluster block)")
-    run.add_argument("--time", type=int, default=None, metavar="MINUTES", help="SLURM time limit per job (submitit)")
-    run.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per GPU process (submitit)")
+    run.add_argument("--time", type=_positive, default=None, metavar="MINUTES", help="SLURM time limit per job (submitit)")
+    run.add_argument("--cpus-per-task", type=_positive, default=None, help="CPUs per GPU process (submitit)")
     run.add_argument("--account", default=None, help="SLURM account (submitit)")
     run.add_argument("--submitit-executor", choices=["slurm", "local", "debug"], default="slurm",
                      help="submitit's executor: slurm, or its local / debug executors (tests, dry runs)")
@@ -230,13 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     pl = sub.add_parser("plan", help="every (arm, seed) job of a manifest: its state, steps left and estimated "
                                      "device-hours (a short measured probe of the step on this device)")
     pl.add_argument("manifest", type=Path, help="the experiment to plan, e.g. experiments/table1_imagenet_2468.yaml")
-    pl.add_argument("--step-time", type=float, default=None, metavar="SECONDS",
+    pl.add_argument("--step-time", type=_positive_real, default=None, metavar="SECONDS",
                     help="seconds per joint step at the manifest's batch, instead of the probe")
-    pl.add_argument("--probe-batch", type=int, default=None,
+    pl.add_argument("--probe-batch", type=_positive, default=None,
                     help="images in the probe's batch (default: 32, or 8 for images above 64 pixels)")
     pl.add_argument("--jobs-per-gpu", type=_positive, default=1, metavar="K",
                     help="K jobs sharing each GPU (the gpus launcher's --jobs-per-gpu): adds their wall time")
-    pl.add_argument("--gain", type=float, default=None, metavar="G",
+    pl.add_argument("--gain", type=_positive_real, default=None, metavar="G",
                     help="throughput of K jobs sharing a GPU relative to one job's, as `suite doctor` measured it")
     pl.set_defaults(func=cmd_plan)
 
@@ -244,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "step time and memory, distributed, store; a table of pass / warn / fail")
     doc.add_argument("manifest", type=Path, nargs="?", default=None,
                      help="the manifest to check the machine for (none: the machine alone)")
-    doc.add_argument("--memory-gib", type=float, default=None, metavar="GIB",
+    doc.add_argument("--memory-gib", type=_positive_real, default=None, metavar="GIB",
                      help="memory budget per device (default: the device's memory, or this machine's RAM)")
     doc.add_argument("--compile", choices=["auto", "none", "first", "all"], default="auto",
                      help="arms whose compiled step is measured too (auto: the first arm on a GPU, none on a CPU)")
@@ -298,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--data-root", default=None, help="dataset parent folder (default: $SUITE_DATA_ROOT, else ./data)")
     imp.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
                      help="override a data field, e.g. --set data.val_limit=500 (repeatable)")
-    imp.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
+    imp.add_argument("--batch-size", type=_positive, default=256, help="evaluation batch size (default: 256)")
     imp.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
     imp.add_argument("--trust-checkpoint", action="store_true",
                      help="allow arbitrary pickled objects in the file (only for files you trust)")

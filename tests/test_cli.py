@@ -205,3 +205,22 @@ def test_every_argument_has_help_and_import_checkpoint_names_every_released_mode
     assert not undocumented
     out = " ".join(capsys.readouterr().out.split())
     assert all(name in out.split("--model MODEL")[-1].split("--dataset")[0] for name in RELEASE_MODELS)
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["plan", "M", "--step-time", "-1"], "argument --step-time: must be a finite number above 0, got -1"),
+    (["plan", "M", "--step-time", "nan"], "argument --step-time: must be a finite number above 0, got nan"),
+    (["plan", "M", "--step-time", "inf"], "argument --step-time: must be a finite number above 0, got inf"),
+    (["plan", "M", "--probe-batch", "0"], "argument --probe-batch: must be 1 or more, got 0"),
+    (["plan", "M", "--probe-batch", "-3"], "argument --probe-batch: must be 1 or more, got -3"),
+    (["plan", "M", "--gain", "x"], "argument --gain: expected a number, got 'x'"),
+    (["run", "M", "--cpu-slots", "0"], "argument --cpu-slots: must be 1 or more, got 0"),
+    (["run", "M", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_bad_command_line_values_are_one_line_before_anything_runs(argv, expect, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: suite") and expect in err and err.count("\n") == 1, err
+    assert not any(tmp_path.iterdir())
