@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import torch
 
+from suite.paths import disk_full
+
 _NAME = re.compile(r"^(?P<series>[a-z]+)-(?P<counter>\d{10})\.pt$")
 
 
@@ -88,14 +90,19 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """One checkpoint file, verified against its checksum and loaded as data only; CheckpointError otherwise."""
-    path = Path(path)
+def _verified(path: Path, damage: str) -> Path:
+    """``path``, once its content matches the SHA-256 written beside it; CheckpointError otherwise."""
     checksum = _checksum_path(path)
     if not checksum.exists():
         raise CheckpointError(f"{path}: its checksum file {checksum.name} is missing")
     if sha256_file(path) != checksum.read_text().strip():
-        raise CheckpointError(f"{path}: content does not match its SHA-256 (the file is damaged)")
+        raise CheckpointError(f"{path}: content does not match its SHA-256 ({damage})")
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """One checkpoint file, verified against its checksum and loaded as data only; CheckpointError otherwise."""
+    path = _verified(Path(path), "the file is damaged")
     return load_data(path, map_location)
 
 
@@ -109,12 +116,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     """A JSON record written by ``write_json``, verified against its checksum; CheckpointError otherwise."""
-    path = Path(path)
-    checksum = _checksum_path(path)
-    if not checksum.exists():
-        raise CheckpointError(f"{path}: its checksum file {checksum.name} is missing")
-    if sha256_file(path) != checksum.read_text().strip():
-        raise CheckpointError(f"{path}: content does not match its SHA-256 (the file is damaged or was edited)")
+    path = _verified(Path(path), "the file is damaged or was edited")
     try:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
@@ -148,6 +150,11 @@ class CheckpointSeries:
             digest = sha256_file(tmp)
             _write_atomically(_checksum_path(path), lambda t: t.write_text(digest + "\n"))  # checksum first
             os.replace(tmp, path)
+        except Exception as err:
+            full = disk_full(err, path)
+            if full is None:
+                raise
+            raise full from None
         finally:
             tmp.unlink(missing_ok=True)
         for old in self.files()[:-self.keep]:

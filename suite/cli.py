@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     from suite.interop import InteropError
     from suite.manifest import ManifestError
     from suite.methods import PluginError, load_plugin
-    from suite.paths import PathEscape
+    from suite.paths import PathEscape, disk_full
     from suite.references import ReferenceError
     from suite.tracking import StoreError
 
@@ -366,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (ManifestError, DatasetNotFound, DataError, InteropError, PluginError, StoreError, CheckpointError,
             ReferenceError, PathEscape, OSError) as err:  # OSError: a path given that cannot be used (a file where a folder belongs, ...)
+        if isinstance(err, OSError) and err.filename:  # any other write that found the disk full: say how full
+            err = disk_full(err, err.filename) or err
         print(f"error: {err}", file=sys.stderr)
         return 2
     except interrupts.Interrupted as err:

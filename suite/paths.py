@@ -32,3 +32,34 @@ def inside(root: str | Path, *parts: str) -> Path:
     if resolved != base and base not in resolved.parents:
         raise PathEscape(f"{path} would lie outside {root}")
     return path
+
+
+# What a write that ran out of space raises: the OS's ENOSPC, SQLite's message, or torch.save's own errors (its C++
+# writer reports a short write as "unexpected pos" or an iostream error, without an errno).
+_FULL = ("No space left", "disk is full", "unexpected pos", "iostream error")
+_NEARLY_EMPTY = 1 << 20  # bytes free below which a failed write is taken for a full disk
+
+
+class DiskFull(OSError):
+    """A write that found no space left; says where and how much is free."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def disk_full(err: BaseException, path: str | Path) -> DiskFull | None:
+    """``err`` restated as one line naming ``path`` and the free space of its disk, if it is a full disk; else None."""
+    import errno
+    import shutil
+
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if getattr(err, "errno", None) != errno.ENOSPC and not (any(t in str(err) for t in _FULL) and free < _NEARLY_EMPTY):
+        return None
+    return DiskFull(errno.ENOSPC, f"no space left to write {path} ({free / 2**20:.1f} MiB free on its disk): free "
+                                  "some space and run the same command again to resume from the last checkpoint")

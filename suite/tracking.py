@@ -7,6 +7,7 @@ mlflow is imported lazily so the model/trainer core runs where it is not install
 """
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import re
@@ -24,7 +25,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from suite import interrupts
-from suite.paths import inside
+from suite.paths import disk_full, inside
 
 
 TAG_KIND, TAG_KEY, TAG_OWNER = "suite.kind", "suite.run_key", "suite.owner"
@@ -136,6 +137,11 @@ REASONS = (
 )
 
 
+# MLflow's SQL store logs each database error with its traceback before raising it; the suite reports what it raises
+# in one line (GuardedClient), or lets it through with its own traceback.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
 def failure_reason(err: BaseException) -> str:
     """One short line saying why a call to a remote store failed."""
     text = " ".join(str(err).split())
@@ -146,15 +152,17 @@ def failure_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:200]}"
 
 
-class ServerClient:
-    """An MlflowClient of a remote store whose failures are StoreErrors naming the store and the call, one line.
+class GuardedClient:
+    """An MlflowClient whose store failures are StoreErrors, one line naming the store and the call: a remote store
+    that fails, or a SQLite store whose disk is full (naming the free space).
 
-    After one failure every later call fails at once with the same message: the server is down, and closing the
-    runs would each wait out the request limits again. The runs stay RUNNING and their invocation's lock file stays;
-    the next invocation closes them (``Tracker.close_orphans``) and resumes from the checkpoints."""
+    After one failure every later call fails at once with the same message: the store is down, and closing the runs
+    would each wait out the request limits again. The runs stay RUNNING and their invocation's lock file stays; the
+    next invocation closes them (``Tracker.close_orphans``) and resumes from the checkpoints."""
 
     def __init__(self, client, uri: str):
         self.client, self.uri, self.failed = client, uri, None
+        self.local = Path(uri.removeprefix("sqlite:///")) if scheme(uri) == "sqlite" else None
 
     def __getattr__(self, name: str):
         attr = getattr(self.client, name)
@@ -167,24 +175,29 @@ class ServerClient:
             try:
                 return attr(*args, **kwargs)
             except Exception as err:
-                if not self.is_failure(err):
+                self.failed = self.failure(name, err)
+                if self.failed is None:
                     raise
-                self.failed = (f"the tracking store {self.uri} failed ({name}): {failure_reason(err)}; the runs "
-                               "are checkpointed: run the same command again once it answers, to resume")
                 raise StoreError(self.failed) from None
         return call
 
-    @staticmethod
-    def is_failure(err: Exception) -> bool:
+    def failure(self, call: str, err: Exception) -> str | None:
+        """What failed, in one line, if ``err`` means the store itself failed; None for an answer to the request."""
         from mlflow.exceptions import MlflowException, RestException
         from requests import RequestException
 
-        if isinstance(err, RestException):
-            return err.error_code not in ANSWERS
-        return isinstance(err, (MlflowException, RequestException))
+        if self.local is not None:
+            full = disk_full(err, self.local)
+            return f"the tracking store {self.uri} failed ({call}): {full.strerror}" if full else None
+        if isinstance(err, RestException) and err.error_code in ANSWERS:
+            return None
+        if not isinstance(err, (MlflowException, RequestException)):
+            return None
+        return (f"the tracking store {self.uri} failed ({call}): {failure_reason(err)}; the runs are checkpointed: run "
+                "the same command again once it answers, to resume")
 
 
-def connect(uri: str) -> ServerClient:
+def connect(uri: str) -> GuardedClient:
     """A client of the remote store ``uri``, proven by one real API call (listing an experiment), all within
     PREFLIGHT_DEADLINE_S: a store that hangs, answers errors or is not MLflow's is refused in one line."""
     from mlflow.tracking import MlflowClient
@@ -203,7 +216,7 @@ def connect(uri: str) -> ServerClient:
     worker.start()
     worker.join(PREFLIGHT_DEADLINE_S)
     if "client" in outcome:
-        return ServerClient(outcome["client"], uri)
+        return GuardedClient(outcome["client"], uri)
     reason = failure_reason(outcome["error"]) if "error" in outcome else f"no answer within {PREFLIGHT_DEADLINE_S} s"
     raise StoreError(f"the tracking store {uri} cannot be used: {reason}; start it, or check MLFLOW_TRACKING_URI")
 
@@ -239,7 +252,7 @@ class Tracker:
             # A new SQLite store migrates its schema on first use: one process at a time, or they race; and a stop
             # signal waits until it is done (an interrupted migration leaves a store no process can open).
             with FileLock(self.sqlite_path.with_name(".mlflow.db.lock")), interrupts.deferred():
-                self.client = MlflowClient(tracking_uri=self.uri)
+                self.client = GuardedClient(MlflowClient(tracking_uri=self.uri), self.uri)
                 self.client.search_experiments(max_results=1)
 
     def close_orphans(self) -> list[str]:
@@ -410,7 +423,10 @@ class Tracker:
         try:
             yield run_id
         except BaseException as err:
-            self.finish(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            try:
+                self.finish(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            except Exception:  # the store failed too (down, or its disk full): the error that stopped the run is
+                pass  # the one to report; the run stays RUNNING and the next invocation closes it (close_orphans)
             raise
         self.finish(run_id)
 
