@@ -34,6 +34,7 @@ which the runner runs like any other (CLI ``python -m suite import-checkpoint``)
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -527,6 +528,7 @@ def checkpoint_manifest(path: str | os.PathLike, *, model: str = "resnet20", dat
             raise InteropError("set the dataset with --dataset, not --set data.dataset")
         data[dotted.split(".", 1)[1]] = value
     digest = sha256_file(path)
+    safe_name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.name).lstrip(".-") or "checkpoint"  # the arm is an identifier
     doc = {
         "name": f"release_{dataset}_{model}_{setting}", "version": 1, "task": "evaluate", "experiment": EXPERIMENT,
         "title": f"Released MBQuant checkpoint: {dataset} {model}, {'-'.join(map(str, bits))} bits",
@@ -536,7 +538,7 @@ def checkpoint_manifest(path: str | os.PathLike, *, model: str = "resnet20", dat
                    "options": {"selection": selection, "variant": "release", "branches": RELEASE_SLOTS}},
         "recipe": {"batch_size": eval_batch_size, "eval_batch_size": eval_batch_size, "device": device},
         "checkpoint": {"path": str(path), "sha256": digest, "trusted": trusted},
-        "seeds": [0], "arms": [{"name": f"{path.name} ({digest[:8]})"}],
+        "seeds": [0], "arms": [{"name": f"{safe_name[:48]}-{digest[:8]}"}],
         "profiles": {"paper": {}, "smoke": {}},
     }
     full = dataset in RELEASE_DATASETS and data.get("val_limit") is None
