@@ -13,7 +13,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from helpers import copy_store, stop_after_epoch
+from helpers import copy_store, stop_after_epoch, tiny_manifest
 from suite import interrupts
 from suite.checkpoints import CheckpointSeries, sha256_file
 from suite.cli import main
@@ -24,13 +24,7 @@ from suite.trainer import Recipe, fit, seed_everything
 from suite.tracking import tracking_uri
 
 TINY = Recipe(epochs=3, batch_size=32, lr=0.1, steps_per_epoch=5, eval_batch_size=96)
-MANIFEST = {
-    "name": "tiny", "version": 1, "title": "a tiny run", "paper": {"ref": "none"},
-    "data": {"dataset": "digits", "image_size": 8, "train_limit": 192, "val_limit": 96},
-    "model": {"arch": "resnet8"}, "method": {"name": "mbquant", "bits": [2, 4]},
-    "recipe": {"epochs": 3, "batch_size": 32, "steps_per_epoch": 6, "eval_batch_size": 96}, "seeds": [0],
-    "profiles": {"paper": {}},
-}
+MANIFEST = tiny_manifest("tiny", "a tiny run", epochs=3, steps_per_epoch=6)
 
 
 def tiny_data():
@@ -142,7 +136,7 @@ def test_an_unreachable_tracking_server_fails_within_seconds_naming_it(tmp_path,
     started = time.monotonic()
     assert main(["run", str(write_manifest(tmp_path)), "--results", str(tmp_path / "results"), "--no-progress"]) == 2
     assert time.monotonic() - started < 15
-    assert "the tracking server http://127.0.0.1:9 cannot be reached" in capsys.readouterr().err
+    assert "the tracking store http://127.0.0.1:9 cannot be used: connection refused" in capsys.readouterr().err
 
 
 # -- real processes -------------------------------------------------------------------------------------------
