@@ -9,6 +9,17 @@ SHIPPED = Path(__file__).resolve().parents[1]
 EXPERIMENTS = SHIPPED / "experiments"
 
 
+def tiny_manifest(name: str, title: str, *, epochs: int, steps_per_epoch: int) -> dict:
+    """A manifest that trains in seconds: ResNet-8 on 8×8 digits, MBQuant at 2 and 4 bits, one seed."""
+    return {
+        "name": name, "version": 1, "title": title, "paper": {"ref": "none"},
+        "data": {"dataset": "digits", "image_size": 8, "train_limit": 192, "val_limit": 96},
+        "model": {"arch": "resnet8"}, "method": {"name": "mbquant", "bits": [2, 4]},
+        "recipe": {"epochs": epochs, "batch_size": 32, "steps_per_epoch": steps_per_epoch, "eval_batch_size": 96},
+        "seeds": [0], "profiles": {"paper": {}},
+    }
+
+
 def copy_store(source: Path, target: Path) -> Path:
     """A full, independent copy of a run store (MLflow SQLite database, artifacts, checkpoints): the experiments'
     and runs' artifact locations are rewritten to point into the copy."""

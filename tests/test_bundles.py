@@ -9,20 +9,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from helpers import copy_store
+from helpers import copy_store, tiny_manifest
 from suite.bundles import IMPORTING, SEAL, seal
 from suite.checkpoints import sha256_file
 from suite.cli import main
 from suite.manifest import load_manifest
 from suite.tracking import tracking_uri
 
-MANIFEST = {
-    "name": "tiny_bundle", "version": 1, "title": "offline runs", "paper": {"ref": "none"},
-    "data": {"dataset": "digits", "image_size": 8, "train_limit": 192, "val_limit": 96},
-    "model": {"arch": "resnet8"}, "method": {"name": "mbquant", "bits": [2, 4]},
-    "recipe": {"epochs": 2, "batch_size": 32, "steps_per_epoch": 3, "eval_batch_size": 96},
-    "seeds": [0], "profiles": {"paper": {}},
-}
+MANIFEST = tiny_manifest("tiny_bundle", "offline runs", epochs=2, steps_per_epoch=3)
 
 
 @pytest.fixture(scope="module")

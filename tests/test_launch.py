@@ -10,7 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from helpers import copy_store
+from helpers import copy_store, tiny_manifest
 from suite.cli import main
 from suite.launch import Cluster, jobs_for, submit_to_slurm
 from suite.manifest import load_manifest
@@ -23,13 +23,7 @@ from suite.layers.dorefa import DoReFaConv
 from suite.tracking import tracking_uri
 
 TESTS = Path(__file__).resolve().parent
-MANIFEST = {
-    "name": "tiny_launch", "version": 1, "title": "launched jobs", "paper": {"ref": "none"},
-    "data": {"dataset": "digits", "image_size": 8, "train_limit": 192, "val_limit": 96},
-    "model": {"arch": "resnet8"}, "method": {"name": "mbquant", "bits": [2, 4]},
-    "recipe": {"epochs": 2, "batch_size": 32, "steps_per_epoch": 4, "eval_batch_size": 96},
-    "seeds": [0], "profiles": {"paper": {}},
-}
+MANIFEST = tiny_manifest("tiny_launch", "launched jobs", epochs=2, steps_per_epoch=4)
 
 
 def write_manifest(folder: Path, **changes) -> Path:

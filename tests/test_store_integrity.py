@@ -11,7 +11,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from helpers import stop_after_epoch
+from helpers import stop_after_epoch, tiny_manifest
 from suite.checkpoints import CheckpointSeries, read_checkpoint, read_json, sha256_file, write_json
 from suite.cli import main
 from suite.data import DataConfig, build_data
@@ -140,13 +140,7 @@ def test_an_edited_result_without_checkpoints_is_retrained(straight, tmp_path):
 
 # -- through the command line: the tracked run ends FINISHED with the true metrics -----------------------------
 
-MANIFEST = {
-    "name": "tiny", "version": 1, "title": "a tiny run", "paper": {"ref": "none"},
-    "data": {"dataset": "digits", "image_size": 8, "train_limit": 192, "val_limit": 96},
-    "model": {"arch": "resnet8"}, "method": {"name": "mbquant", "bits": [2, 4]},
-    "recipe": {"epochs": 3, "batch_size": 32, "steps_per_epoch": 3, "eval_batch_size": 96}, "seeds": [0],
-    "profiles": {"paper": {}},
-}
+MANIFEST = tiny_manifest("tiny", "a tiny run", epochs=3, steps_per_epoch=3)
 
 
 def killed_once(monkeypatch, when):
