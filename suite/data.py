@@ -199,6 +199,21 @@ def _root(cfg: DataConfig) -> str:
     return os.path.abspath(os.path.expanduser(cfg.root or os.environ.get("SUITE_DATA_ROOT") or "./data"))
 
 
+def missing_folder(cfg: DataConfig) -> str | None:
+    """The first folder the dataset's files belong in that does not exist (None when all do, or nothing is read from
+    disk): a look at the layout only, for tools that plan without loading the data."""
+    if cfg.dataset in ("cifar10", "cifar100"):
+        from torchvision import datasets
+
+        official = datasets.CIFAR100 if cfg.dataset == "cifar100" else datasets.CIFAR10
+        folders = [os.path.join(_root(cfg), official.base_folder)]
+    elif cfg.dataset == "imagenet":
+        folders = [os.path.join(_root(cfg), IMAGENET_FOLDER, split) for split in ("train", "val")]
+    else:
+        folders = []
+    return next((f for f in folders if not os.path.isdir(f)), None)
+
+
 def _limit(ds: Dataset, limit: int | None, field: str) -> tuple[Dataset, str]:
     """A fixed (seed 0) subset of ``limit`` items, kept in dataset order; never silently clamped."""
     if limit is None:

@@ -203,3 +203,14 @@ def test_plan_prices_the_wall_time_of_jobs_sharing_a_gpu(tmp_path, results_dir, 
     assert "10.0 device-hours" in out and "4 jobs per GPU: 4.0 wall hours on one GPU (measured throughput 2.50x" in out
     assert main(["plan", str(manifest), "--results", str(results_dir), "--step-time", "1", "--jobs-per-gpu", "2"]) == 0
     assert "needs the measured throughput" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dataset, folder", [("cifar100", "cifar-100-python"), ("imagenet", "imagenet/train")])
+def test_plan_warns_that_the_data_folder_is_missing(dataset, folder, tmp_path, results_dir, capsys):
+    manifest = write_manifest(tmp_path, data={"dataset": dataset, "image_size": 32, "root": str(tmp_path / "data")})
+    assert main(["plan", str(manifest), "--results", str(results_dir), "--step-time", "1"]) == 0
+    assert f"warning: no data at {tmp_path / 'data' / folder}: `run` will stop there" in capsys.readouterr().out
+    (tmp_path / "data" / folder).mkdir(parents=True)
+    (tmp_path / "data" / "imagenet" / "val").mkdir(parents=True)
+    assert main(["plan", str(manifest), "--results", str(results_dir), "--step-time", "1"]) == 0
+    assert "warning" not in capsys.readouterr().out
