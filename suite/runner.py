@@ -177,6 +177,9 @@ def _summarize(inv: Invocation, rows: pd.DataFrame) -> None:
     lines = [f"Final top-1 (%) per arm, mean over this invocation's seeds ({inv.tags.get('suite.scale')}):", "",
              "| arm | " + " | ".join(f"{b}-bit" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
     lines += [f"| {arm} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for arm, row in wide.iterrows()]
+    if inv.loaded.manifest.pipeline_check:
+        lines[:0] = ["**Pipeline check, not results**: these runs are too short to learn; they only show that every "
+                     "arm runs end to end, and their accuracies compare with nothing.", ""]
     inv.tracker.set_tags(inv.parent, {"mlflow.note.content": "\n".join(lines)})
 
 

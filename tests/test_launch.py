@@ -214,3 +214,14 @@ def test_plan_warns_that_the_data_folder_is_missing(dataset, folder, tmp_path, r
     (tmp_path / "data" / "imagenet" / "val").mkdir(parents=True)
     assert main(["plan", str(manifest), "--results", str(results_dir), "--step-time", "1"]) == 0
     assert "warning" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("pipeline_check", [True, False])
+def test_a_pipeline_check_parent_says_its_accuracies_are_not_results(pipeline_check, tmp_path, results_dir):
+    manifest = write_manifest(tmp_path, pipeline_check=pipeline_check, recipe={**MANIFEST["recipe"], "epochs": 1})
+    assert main(["run", str(manifest), "--results", str(results_dir), "--no-progress"]) == 0
+    client = MlflowClient(tracking_uri(results_dir))
+    parent, = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                 "tags.`suite.kind` = 'invocation'")
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("**Pipeline check, not results**") == pipeline_check and "| mbquant |" in note
