@@ -34,7 +34,6 @@ which the runner runs like any other (CLI ``python -m suite import-checkpoint``)
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from suite.data import NUM_CLASSES
 from suite.layers.branch_selection import BN_SLOTS
 from suite.layers.multibranch import BOUND_NAMES as SUITE_BOUNDS
 from suite.methods import mbquant
+from suite.paths import to_identifier
 from suite.models.mbquant_resnet_cifar import MBQuantResNetCIFAR
 
 DDP_PREFIX = "module."
@@ -528,7 +528,6 @@ def checkpoint_manifest(path: str | os.PathLike, *, model: str = "resnet20", dat
             raise InteropError("set the dataset with --dataset, not --set data.dataset")
         data[dotted.split(".", 1)[1]] = value
     digest = sha256_file(path)
-    safe_name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.name).lstrip(".-") or "checkpoint"  # the arm is an identifier
     doc = {
         "name": f"release_{dataset}_{model}_{setting}", "version": 1, "task": "evaluate", "experiment": EXPERIMENT,
         "title": f"Released MBQuant checkpoint: {dataset} {model}, {'-'.join(map(str, bits))} bits",
@@ -538,7 +537,7 @@ def checkpoint_manifest(path: str | os.PathLike, *, model: str = "resnet20", dat
                    "options": {"selection": selection, "variant": "release", "branches": RELEASE_SLOTS}},
         "recipe": {"batch_size": eval_batch_size, "eval_batch_size": eval_batch_size, "device": device},
         "checkpoint": {"path": str(path), "sha256": digest, "trusted": trusted},
-        "seeds": [0], "arms": [{"name": f"{safe_name[:48]}-{digest[:8]}"}],
+        "seeds": [0], "arms": [{"name": f"{to_identifier(path.name, 48)}-{digest[:8]}"}],
         "profiles": {"paper": {}, "smoke": {}},
     }
     full = dataset in RELEASE_DATASETS and data.get("val_limit") is None

@@ -20,6 +20,11 @@ def is_identifier(value: object) -> bool:
     return isinstance(value, str) and _NAME.fullmatch(value) is not None
 
 
+def to_identifier(text: str, limit: int = 64) -> str:
+    """``text`` made an identifier: runs of other characters become '-', leading '.' and '-' dropped, cut at ``limit``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).lstrip(".-")[:limit] or "unnamed"
+
+
 def identifier_problem(value: object) -> str | None:
     """Why ``value`` is not a name the suite accepts (None when it is)."""
     return None if is_identifier(value) else f"must be a name of {NAME_RULE}; got {value!r}"

@@ -52,3 +52,10 @@ def test_what_a_run_writes_under_results_is_ignored_by_git(tmp_path, capsys):
     shown = subprocess.run(["git", "check-ignore", "--no-index", "--verbose", "--non-matching", "--stdin"], cwd=repo,
                            input="\n".join(written), capture_output=True, text=True).stdout.splitlines()
     assert [line.split("\t")[1] for line in shown if line.startswith("::")] == []
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_any_text_made_an_identifier_is_one(name):
+    from suite.paths import to_identifier
+
+    assert is_identifier(to_identifier(name))
