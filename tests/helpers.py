@@ -1,7 +1,9 @@
 """Helpers the tests share: run stores each test owns, copied from stores filled once per session or module."""
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -41,3 +43,21 @@ def stop_after_epoch(epoch: int, error: type[BaseException] = KeyboardInterrupt)
         if logged_epoch == epoch:
             raise error
     return log
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on now: two test runs on one machine never meet on a fixed port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_world(rank: int, world: int, port: int):
+    """This spawned process as rank ``rank`` of a gloo world of ``world`` processes on 127.0.0.1:``port``."""
+    import torch
+
+    from suite.distributed import from_environment
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    return from_environment()

@@ -18,22 +18,15 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from helpers import copy_store
+from helpers import copy_store, free_port, join_world
 from suite.data import DataConfig, build_data
-from suite.distributed import SINGLE, from_environment
+from suite.distributed import SINGLE
 from suite.methods import mbquant
 from suite.recipe import Recipe
 from suite.trainer import evaluate, fit, seed_everything
 
 DATA = DataConfig(dataset="digits", image_size=8, train_limit=512, val_limit=200)
 RECIPE = dict(epochs=5, batch_size=32, steps_per_epoch=8, eval_batch_size=50, lr=0.1, device="cpu")
-
-
-def join(rank: int, world: int, port: int):
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    return from_environment()
 
 
 def without_augmentation(data):
@@ -50,7 +43,7 @@ def without_augmentation(data):
 
 
 def train(rank: int, world: int, port: int, sync_bn: bool, out: str) -> None:
-    dist = join(rank, world, port) if world > 1 else SINGLE
+    dist = join_world(rank, world, port) if world > 1 else SINGLE
     data = without_augmentation(build_data(DATA, 32, 0, 50, rank=dist.rank, world_size=dist.world_size))
     seed_everything(0)
     trainable = mbquant.build("resnet8", 10, [2, 4], mbquant.Options())
@@ -73,7 +66,7 @@ SEED_SPREAD = {"train_loss": {2: 0.169, 4: 0.105}, "val_top1": {2: 5.5, 4: 3.5}}
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, sync_bn):
     torch.set_num_threads(1)
     train(0, 1, 0, sync_bn, str(tmp_path / "one.pt"))
-    mp.spawn(train, args=(2, 29600 + sync_bn, sync_bn, str(tmp_path / "two.pt")), nprocs=2)
+    mp.spawn(train, args=(2, free_port(), sync_bn, str(tmp_path / "two.pt")), nprocs=2)
     one, two = torch.load(tmp_path / "one.pt")[-1], torch.load(tmp_path / "two.pt")[-1]
     for b in (2, 4):
         for metric, spread in SEED_SPREAD.items():
@@ -82,7 +75,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, sync_
 
 
 def sharded_evaluation(rank: int, world: int, port: int, out: str) -> None:
-    dist = join(rank, world, port)
+    dist = join_world(rank, world, port)
     data = build_data(DATA, 32, 0, 16, rank=rank, world_size=world)
     seed_everything(0)
     model = mbquant.build("resnet8", 10, [2, 4], mbquant.Options()).model.double()
@@ -98,7 +91,7 @@ def sharded_evaluation(rank: int, world: int, port: int, out: str) -> None:
 @pytest.mark.slow
 def test_sharded_evaluation_counts_every_image_once(tmp_path):
     """200 images over 2 processes with batch 16: uneven last batches, no padding; the single-process numbers."""
-    mp.spawn(sharded_evaluation, args=(2, 29610, str(tmp_path / "two.pt")), nprocs=2)
+    mp.spawn(sharded_evaluation, args=(2, free_port(), str(tmp_path / "two.pt")), nprocs=2)
     data = build_data(DATA, 32, 0, 16)
     seed_everything(0)
     model = mbquant.build("resnet8", 10, [2, 4], mbquant.Options()).model.double()

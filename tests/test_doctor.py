@@ -1,11 +1,10 @@
 """``suite doctor``: it passes on a healthy machine at the smoke profile, and each of its checks fails when the
 thing it checks is broken (missing data, a memory budget too small, an unreachable store, a diverging rank)."""
-import socket
 
 import pytest
 import yaml
 
-from helpers import EXPERIMENTS
+from helpers import EXPERIMENTS, free_port
 from suite.cli import main
 from suite.doctor import distributed, store
 from suite.doctor.checks import Options
@@ -55,9 +54,7 @@ def test_a_memory_budget_smaller_than_the_step_fails(tmp_path):
 
 
 def test_an_unreachable_tracking_store_fails_within_its_deadline(tmp_path, monkeypatch):
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     check = store.tracking_check(tmp_path)
     assert check.status == "fail" and f"127.0.0.1:{port}" in check.measured

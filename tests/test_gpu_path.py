@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import suite.checkpoints
+from helpers import free_port, join_world
 from suite import interrupts, launch, numerics, rng
 from suite.cli import main
 from suite.data import DataConfig, build_data
@@ -89,15 +90,8 @@ def test_each_rank_resumes_its_own_random_state():
 
 # -- SyncBN under bf16 autocast ---------------------------------------------------------------------------------
 
-def _join(rank: int, world: int, port: int):
-    torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    return from_environment()
-
-
 def _bn_under_bf16(rank: int, world: int, port: int, out: str) -> None:
-    dist = _join(rank, world, port)
+    dist = join_world(rank, world, port)
     torch.manual_seed(0)
     x = torch.randn(8, 4, 5, 5) * 3 + 1
     bn = sync_batch_norm(nn.Sequential(nn.BatchNorm2d(4)), torch.device("cpu"))[0]
@@ -113,7 +107,7 @@ def _bn_under_bf16(rank: int, world: int, port: int, out: str) -> None:
 def test_sync_bn_under_bf16_autocast_runs_and_keeps_float32_statistics(tmp_path):
     """Two gloo processes, each half of a batch, BatchNorm under CPU bf16 autocast: the global statistics are
     those of the whole batch in float32 (to bf16 rounding of the input), the output has the input's dtype."""
-    mp.spawn(_bn_under_bf16, args=(2, 29641, str(tmp_path / "bn.pt")), nprocs=2)
+    mp.spawn(_bn_under_bf16, args=(2, free_port(), str(tmp_path / "bn.pt")), nprocs=2)
     got = torch.load(tmp_path / "bn.pt")
     torch.manual_seed(0)
     x = (torch.randn(8, 4, 5, 5) * 3 + 1).to(torch.bfloat16).float()

@@ -3,7 +3,6 @@ artifacts served by the server) on 127.0.0.1, jobs started at once by the ``gpus
 stopped while they run and started again."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from suite.cli import main
+from helpers import free_port
 from test_launch import write_manifest
 
 TESTS = Path(__file__).resolve().parent
@@ -29,9 +29,7 @@ class MlflowServer:
 
     def __init__(self, folder: Path):
         self.folder, self.proc = folder, None
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
 
     @property
     def uri(self) -> str:
