@@ -130,7 +130,7 @@ def plan(loaded: LoadedManifest, results: Path, *, step_seconds: float | dict[st
     width = max(len(r.arm) for r in rows)
     echo(f"{loaded.manifest.name}, profile {loaded.profile}: {len(rows)} job(s); step times from {source}")
     for folder in sorted({missing_folder(arm.config.data) for arm in loaded.arms} - {None}):
-        echo(f"  warning: no data at {folder}: `run` will stop there until the dataset is in place (README: Running the paper protocol)")
+        echo(f"  warning: no data at {folder}: `run` will stop there until the dataset is in place (docs/paper-protocol.md)")
     echo(f"  {'arm':<{width}}  seed  {'state':<28} {'steps left':>11} {'s/step':>8} {'device-hours':>13}")
     for r in rows:
         echo(f"  {r.arm:<{width}}  {r.seed:>4}  {r.state:<28} {r.steps_left:>11,} {r.step_seconds:>8.3f} {r.hours:>13.1f}")
