@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from suite.methods import adabits, anyprecision, mbquant
-from suite.quant_error import measure_switching_error, summarize
+from suite.quant_error import KINDS, measure_switching_error, summarize
 
 BITS = [2, 4, 6, 8]
 
@@ -20,12 +20,13 @@ def _built(module, options, bits=BITS, seed=0):
 def _check_shape_and_restore(model, table, bits):
     B = max(bits)
     assert set(table["bits"]) == set(bits) - {B}
-    assert list(table.columns) == ["layer", "depth", "bits", "weight_error", "activation_error", "output_drift"]
+    assert list(table.columns) == ["layer", "depth", "bits", "weight_error", "weight_datapath_error",
+                                   "activation_error", "output_drift", "bn_drift"]
     logits = table[table["layer"] == "logits"]
     assert len(logits) == len(bits) - 1
     assert all(math.isfinite(v) and v >= 0 for v in logits["output_drift"])
     layers = table[table["layer"] != "logits"]
-    assert layers[["weight_error", "activation_error", "output_drift"]].notna().all().all()
+    assert layers[list(KINDS)].notna().all().all()  # every layer is followed by a BN
 
 
 @pytest.fixture(scope="module")
