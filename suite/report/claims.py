@@ -23,10 +23,12 @@ class ClaimResult:
     verdict: str  # holds, fails, inconclusive
     detail: str  # the comparison that decided it
     scale: str = ""  # a shortened profile's label, for accuracy claims
+    arm: str = ""  # the arm that makes the claim, where the manifest names one (e.g. one variant of a method)
 
     @property
     def label(self) -> str:
-        return f"{self.check}: {self.verdict}" + (f" ({self.scale} check)" if self.scale else "")
+        who = f" ({self.arm})" if self.arm else ""
+        return f"{self.check}{who}: {self.verdict}" + (f" ({self.scale} check)" if self.scale else "")
 
 
 def declared(section: Section) -> list[Claim]:
@@ -132,5 +134,6 @@ def check_claims(section: Section) -> list[ClaimResult]:
             detail += f" (models trained at the {section.profile} profile)"
         scale = section.scale if claim.check == "top1_not_below" else ""
         headline = claim.arm or (section.headline_of(section.models[0]) if section.models else "the headline arm")
-        results.append(ClaimResult(SHORT[claim.check], claim.describe(headline), verdict, detail, scale))
+        results.append(ClaimResult(SHORT[claim.check], claim.describe(headline), verdict, detail, scale,
+                                   claim.arm or ""))
     return results

@@ -292,7 +292,7 @@ def quant_error_figure(section: Section) -> Figure:
     page = new_page(section.heading, section.subheading + " · quantization error when switching bit-width",
                     caption, axes=True)
     axes = page.fig.subplots(3, 2).ravel()
-    for ax, (column, title) in zip(axes, QERR_PANELS.items()):
+    for i, (ax, (column, title)) in enumerate(zip(axes, QERR_PANELS.items())):
         data = runs.dropna(subset=[column])
         bits = sorted(int(b) for b in data["bits"].unique())
         for arm in section.arms:
@@ -302,8 +302,9 @@ def quant_error_figure(section: Section) -> Figure:
                            styles[arm], arm)
         if bits:
             _bit_axis(ax, bits)
-        ax.set(title=title, ylabel="relative L2 error" + (f" — {section.scale}" if section.scale else ""))
-        ax.title.set_fontsize(9)
+        ax.set_title(title, fontsize=9)
+        if i % 2 == 0:  # one label per row: three rows leave no height for a label per panel
+            ax.set_ylabel("relative L2 error" + (f"\n({section.scale})" if section.scale else ""), fontsize=9)
     _legend(axes[1], "arm")
     return page.fig
 
