@@ -239,6 +239,9 @@ class Manifest(_Strict):
             if unknown:
                 raise FieldError(f"claims[{i}].against", f"{', '.join(map(repr, unknown))}: neither an arm nor a "
                                                          f"method of this manifest")
+            if claim.bits is not None and (claim.check != "top1_not_below" or set(claim.bits) - set(self.method.bits)):
+                raise FieldError(f"claims[{i}].bits", f"names bit-widths a top1_not_below check compares, among "
+                                                      f"method.bits {self.method.bits}; got {claim.bits}")
         if self.tolerance is not None and not (math.isfinite(self.tolerance) and self.tolerance >= 0):
             raise FieldError("tolerance", f"must be a finite number >= 0 (top-1 points), got {self.tolerance}")
         train = self.data.train_size()

@@ -3,7 +3,8 @@ the scale label of a profile, the final metrics' names, and the columns of the r
 from __future__ import annotations
 
 PAPER_PROFILE = "paper"
-QERR_KINDS = ("weight", "act", "drift", "logits")  # per-bit means of the quant_error analysis
+# Per-bit means of the quant_error analysis (suite.quant_error.KINDS, and the logits' drift).
+QERR_KINDS = ("weight", "weight_datapath", "act", "drift", "bn_drift", "logits")
 # The runs table: one row per (finished run, evaluated bit-width), as ``tracking.load_runs`` returns it.
 RUN_COLUMNS = ["manifest", "manifest_version", "title", "paper_ref", "paper_verified", "profile", "arm", "method",
                "seed", "bits", "top1", "top5", "dataset", "model", "run_id", "manifest_hash", "setup",

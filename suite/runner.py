@@ -28,7 +28,7 @@ from suite.manifest import LoadedManifest, Manifest, ManifestError, ResolvedArm,
 from suite.methods import Trainable, build_trainable, method as registered_method
 from suite.plots import training_curves_figure
 from suite.quant_error import measure_switching_error, summarize
-from suite.records import final_metrics, scale_label
+from suite.records import QERR_KINDS, final_metrics, scale_label
 from suite.titles import honest_title
 from suite.tracking import Tracker, environment_tags, git_state
 from suite.trainer import Expected, evaluate, fit, resolve_device, seed_everything
@@ -305,7 +305,9 @@ def _write_run_artifacts(folder: Path, arm: ResolvedArm, seed: int, result) -> N
 def _run_analyses(inv: Invocation, run_id: str, metrics: dict, arm: ResolvedArm, seed: int, run_dir: Path) -> None:
     """The manifest's ``analyses`` on the run's best checkpoint, logged to the run (once)."""
     cfg = arm.config
-    if "quant_error" not in cfg.analyses or any(k.startswith(ANALYSIS_METRIC_PREFIXES) for k in metrics):
+    # Once per run; again where an older analysis logged fewer kinds than it measures now.
+    done = all(any(k.startswith(f"qerr_{kind}_b") for k in metrics) for kind in QERR_KINDS)
+    if "quant_error" not in cfg.analyses or done:
         return
     data = build_data(cfg.data, cfg.recipe.batch_size, seed, cfg.recipe.eval_batch_size)
     model = configured_trainable(cfg, data.num_classes).model

@@ -18,6 +18,7 @@ class Arm:
     model: str = "resnet20"
     storage_mib: float = 1.0
     offset: float = 0.0  # added to every top-1 of this arm
+    qerr: dict = field(default_factory=dict)  # {kind: {bits: value}}: logged as qerr_{kind}_b{bits} (quant_error)
 
 
 @dataclass
@@ -76,6 +77,7 @@ def write(tracker: Tracker, inv: Invocation, reuse: dict | None = None) -> dict[
             final = {f"final_top1_b{b}": top1(arm, seed, b) for b in inv.bits}
             final |= {f"final_top5_b{b}": 90.0 + b for b in inv.bits} | {"storage_mib": arm.storage_mib}
             final |= {f"bitops_b{b}": b * b * 1e6 for b in inv.bits}
+            final |= {f"qerr_{k}_b{b}": v for k, per_bit in arm.qerr.items() for b, v in per_bit.items()}
             source = (reuse or {}).get((arm.name, seed))
             if source is not None:
                 previous = tracker.client.get_run(source)

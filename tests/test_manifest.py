@@ -76,7 +76,8 @@ def test_bad_overrides_and_profiles(tmp_path):
         load_manifest(BASE, "huge")
     with pytest.raises(ManifestError, match="KEY=VALUE"):
         parse_set_options(["recipe.epochs"])
-    path = write_variant(tmp_path, lambda d: d.update(arms=[{"name": "x", "set": {"method.options.variant": "v3"}}]))
+    path = write_variant(tmp_path, lambda d: d.update(arms=[{"name": "x", "set": {"method.options.variant": "v3"}}],
+                                                      claims=[]))  # no arm left for the claims to name
     with pytest.raises(ManifestError, match=r"arms\[0\] `x`[\s\S]*method"):
         load_manifest(path, "paper")
     with pytest.raises(ManifestError, match="manifest file not found"):

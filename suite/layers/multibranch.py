@@ -89,6 +89,16 @@ class _BranchViews:
                                                       self.weight_levels(bits))
         return out
 
+    def datapath_weight(self, bits: int) -> torch.Tensor:
+        """``quantized_weight(bits)`` with each piece's rows placed where ``output_layout`` places the outputs they
+        compute (block g*co of branch g), not at their stored rows: the two differ only where a forward reads
+        other rows in a branch's place (the CIFAR release's convs with ci != co, quirk 2)."""
+        _, co = self._units()
+        stored, out = self.quantized_weight(bits), torch.full_like(self.weight, float("nan"))
+        for g, (r0, r1), (c0, c1), _, _, _ in self._pieces(bits):
+            out[g * co:g * co + r1 - r0, c0:c1] = stored[r0:r1, c0:c1]
+        return out
+
     def quantized_input(self, x: torch.Tensor, bits: int) -> torch.Tensor:
         ci, _ = self._units()
         out = torch.full_like(x, float("nan"))

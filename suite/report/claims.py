@@ -3,7 +3,7 @@ inconclusive, each with the comparison that decided it.
 
 Costs are exact at any profile, and a switching error is a measurement of the trained models at hand: both get
 real verdicts from any profile (the latter names the profile its models were trained at). An accuracy claim on a
-shortened profile is a check at that scale, and says so.
+shortened profile is a check at that scale, and says so; on a pipeline-check profile it is not checked at all.
 """
 from __future__ import annotations
 
@@ -23,10 +23,12 @@ class ClaimResult:
     verdict: str  # holds, fails, inconclusive
     detail: str  # the comparison that decided it
     scale: str = ""  # a shortened profile's label, for accuracy claims
+    arm: str = ""  # the arm that makes the claim, where the manifest names one (e.g. one variant of a method)
 
     @property
     def label(self) -> str:
-        return f"{self.check}: {self.verdict}" + (f" ({self.scale} check)" if self.scale else "")
+        who = f" ({self.arm})" if self.arm else ""
+        return f"{self.check}{who}: {self.verdict}" + (f" ({self.scale} check)" if self.scale else "")
 
 
 def declared(section: Section) -> list[Claim]:
@@ -104,7 +106,7 @@ def _accuracy(section: Section, claim: Claim) -> list[tuple[str, str]]:
     for model in section.models:
         head, others = _compared(section, model, claim)
         diffs = paired_differences(section.runs[section.runs["model"] == model], head, others)
-        for d in diffs.itertuples():
+        for d in diffs[diffs["bits"].isin(claim.bits or diffs["bits"])].itertuples():
             where = f"{d.bits}-bit vs {d.arm}: {d.mean:+.2f}"
             if d.n < 2:
                 out.append((INCONCLUSIVE, f"{where} (one seed: no interval)"))
@@ -125,10 +127,13 @@ def check_claims(section: Section) -> list[ClaimResult]:
     """Every declared claim of ``section``, checked on its own results."""
     results = []
     for claim in declared(section):
+        if claim.check == "top1_not_below" and section.kind == "pipeline":
+            continue  # too short to learn: its accuracies are no evidence either way
         verdict, detail = _join(CHECKERS[claim.check](section, claim))
         if claim.check == "switching_error_below" and section.scale:
             detail += f" (models trained at the {section.profile} profile)"
         scale = section.scale if claim.check == "top1_not_below" else ""
         headline = claim.arm or (section.headline_of(section.models[0]) if section.models else "the headline arm")
-        results.append(ClaimResult(SHORT[claim.check], claim.describe(headline), verdict, detail, scale))
+        results.append(ClaimResult(SHORT[claim.check], claim.describe(headline), verdict, detail, scale,
+                                   claim.arm or ""))
     return results

@@ -268,8 +268,11 @@ def cost_figure(section: Section) -> Figure:
 
 # --------------------------------------------------------------------------------------- quantization error
 
-QERR_PANELS = {"qerr_weight": "weight switching error", "qerr_act": "activation switching error (same input)",
-               "qerr_drift": "accumulated drift of layer outputs", "qerr_logits": "drift of the logits"}
+QERR_PANELS = {  # every suite.records.QERR_KINDS, in reading order: weights, inputs, outputs (raw, after BN), logits
+    "qerr_weight": "weight switching error (same stored rows)",
+    "qerr_weight_datapath": "weight switching error (same data-path position)",
+    "qerr_act": "activation switching error (same input)", "qerr_drift": "accumulated drift of layer outputs",
+    "qerr_bn_drift": "drift after each layer's BN (scale-invariant)", "qerr_logits": "drift of the logits"}
 
 
 def has_quant_error(runs: pd.DataFrame) -> bool:
@@ -282,11 +285,14 @@ def quant_error_figure(section: Section) -> Figure:
     styles = arm_styles(section.arms)
     caption = ("Relative L2 error of each quantity at a bit-width against the same quantity at the largest "
                "bit-width, averaged over layers; mean over seeds, error bars ±1 SD where n > 1. Measured on each "
-               "run's best checkpoint and the first validation batch.")
+               "run's best checkpoint and the first validation batch. MBQuant's errors cover the branches both "
+               "bit-widths run; its clean variant's weight error is 0 by construction. Weights are paired by stored "
+               "row, or by the output position they feed (as every other panel pairs them); the drift after BN "
+               "ignores any scale the per-bit BN absorbs (suite.quant_error).")
     page = new_page(section.heading, section.subheading + " · quantization error when switching bit-width",
                     caption, axes=True)
-    axes = page.fig.subplots(2, 2).ravel()
-    for ax, (column, title) in zip(axes, QERR_PANELS.items()):
+    axes = page.fig.subplots(3, 2).ravel()
+    for i, (ax, (column, title)) in enumerate(zip(axes, QERR_PANELS.items())):
         data = runs.dropna(subset=[column])
         bits = sorted(int(b) for b in data["bits"].unique())
         for arm in section.arms:
@@ -296,8 +302,9 @@ def quant_error_figure(section: Section) -> Figure:
                            styles[arm], arm)
         if bits:
             _bit_axis(ax, bits)
-        ax.set(title=title, ylabel="relative L2 error" + (f" — {section.scale}" if section.scale else ""))
-        ax.title.set_fontsize(9)
+        ax.set_title(title, fontsize=9)
+        if i % 2 == 0:  # one label per row: three rows leave no height for a label per panel
+            ax.set_ylabel("relative L2 error" + (f"\n({section.scale})" if section.scale else ""), fontsize=9)
     _legend(axes[1], "arm")
     return page.fig
 
