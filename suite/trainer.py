@@ -1,6 +1,6 @@
 """The one training loop every method goes through, top to bottom.
 
-A method hands the trainer a ``Trainable`` (``suite.methods.api``): the model, its bit list, its loss and its
+A method hands the trainer a ``Trainable`` (``suite.contract``): the model, its bit list, its loss and its
 optimiser parameter groups. Each iteration, on one batch, every bit-width runs in the reverse of the listed
 order (largest first for ascending lists), each with its own backward into the same gradients, then one step
 of every optimiser (``train_step``), all on a per-epoch cosine schedule. After every epoch all bit-widths are
@@ -28,7 +28,7 @@ from suite import interrupts, numerics, rng
 from suite.checkpoints import (CheckpointError, CheckpointSeries, UnfitCheckpoint, read_checkpoint, read_json,
                                set_aside, write_json)
 from suite.distributed import SINGLE, Distributed, data_parallel, local_device, no_sync, sync_batch_norm
-from suite.methods.api import ParamGroup, Trainable
+from suite.contract import ParamGroup, Trainable
 from suite.recipe import Recipe
 from suite.rng import seed_everything
 

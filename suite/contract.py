@@ -2,6 +2,9 @@
 
 A ``Trainable`` carries everything method-specific the trainer needs, as behaviour: the model, its bit list,
 the loss, the optimiser parameter groups and optional hooks. The trainer knows no method.
+
+This module is a leaf: it imports torch and the suite's leaf modules only (never ``suite.methods`` or
+``suite.models``), so the trainer, and anything else that only speaks the contract, loads no method.
 """
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ from torch import nn
 from suite.costs import stored_bits
 from suite.layers.base import FP_BITS
 from suite.losses import LossFn
-from suite.models import SINGLE_BRANCH
 from suite.recipe import Recipe
+
+
+SINGLE_BRANCH = "single_branch"  # the topology of the architectures built from a method's conv / norm factories
 
 
 @dataclass
@@ -66,7 +71,9 @@ class Method:
     ``Options`` is a dataclass of its ``method.options`` (``__pydantic_config__ = {"extra": "forbid"}`` makes
     an unknown option an error); ``build(arch, num_classes, bits, options) -> Trainable``;
     ``check_bits(bits, options)`` raises ValueError for a bit list it cannot serve; ``storage_bits(model)`` gives
-    stored bits by component (``suite.costs.COMPONENTS``); ``archs`` the ``model.arch`` values it builds.
+    stored bits by component (``suite.costs.COMPONENTS``). ``topology`` names the family of networks it builds
+    on: every architecture registered with that topology (``suite.models.register_model``) is a ``model.arch``
+    it accepts, looked up when asked (``suite.methods.supported_archs``), so one registered later is accepted.
     """
 
     name: str
@@ -75,4 +82,4 @@ class Method:
     check_bits: Callable[[list[int], Any], None] = _any_bits
     storage_bits: Callable[[nn.Module], dict[str, int]] = fp32_weight_storage
     description: str = ""
-    archs: tuple[str, ...] = tuple(SINGLE_BRANCH)
+    topology: str = SINGLE_BRANCH
