@@ -43,6 +43,7 @@ def load_plugin(module: str) -> Method | None:
     if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module):
         raise PluginError(f"plugin {module!r} is not a module name: give a dotted Python name (e.g. mypackage.method) "
                           "importable from the current folder or the environment, not a file path")
+    before = set(MODELS)
     try:
         found = importlib.import_module(module)
     except ImportError as err:
@@ -53,7 +54,9 @@ def load_plugin(module: str) -> Method | None:
         raise PluginError(f"plugin {module!r} failed while being imported: {type(err).__name__}: {err}") from None
     if hasattr(found, "METHOD"):
         return register(found.METHOD)
-    if not any(getattr(b, "__module__", None) == found.__name__ for b in MODELS.loaded().values()):
+    # What it registered now, or on an earlier import (the module is imported once per process).
+    if not set(MODELS) - before and not any(getattr(b, "__module__", None) == found.__name__
+                                            for b in MODELS.loaded().values()):
         raise PluginError(f"plugin {module!r} defines no METHOD (a suite.methods.Method) and registers no "
                           "architecture (suite.models.register_model)")
     return None
