@@ -13,7 +13,7 @@ from suite import numerics
 from suite.data import num_classes
 from suite.methods import method as get_method
 from suite.recipe import Recipe
-from suite.trainer import make_optimizers, resolve_device, train_step, training_forward
+from suite.trainer import resolve_device, train_step, training_forward
 
 
 def equal_flop_passes(bits: list[int]) -> int:
@@ -45,7 +45,7 @@ def make_train_step(model: str = "resnet20", dataset: str = "cifar100", bits: li
     trainable.model.to(dev).train()
     if trainable.initialize is not None:
         trainable.initialize(trainable.model, [(x, y)] * len(bits))
-    optimizers = make_optimizers(trainable.param_groups(recipe))
+    optimizers = trainable.optimizers_for(recipe)
     forward = training_forward(trainable.model, recipe)
 
     def step() -> dict[int, torch.Tensor]:

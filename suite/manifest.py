@@ -28,7 +28,7 @@ from suite.claims import Claim
 from suite.data import LOADER_ONLY, PIPELINE_VERSION, DataConfig
 from suite.fields import FieldError, check_distinct
 from suite.paths import identifier_problem, inside
-from suite.methods import method as registered_method
+from suite.methods import method as registered_method, supported_archs
 from suite.recipe import ADDED_LATER, Recipe
 
 MAX_SEED = 2**31 - 1
@@ -224,7 +224,7 @@ class Manifest(_Strict):
         if (self.task == "evaluate") != (self.checkpoint is not None):
             raise FieldError("checkpoint", "is needed by task: evaluate, and only there")
         check_distinct("seeds", self.seeds)
-        archs = registered_method(self.method.name).archs
+        archs = supported_archs(self.method.name)
         if self.model.arch not in archs:
             raise FieldError("model.arch", f"{self.model.arch!r} is not an architecture {self.method.name} builds "
                                            f"(known: {', '.join(archs)})")

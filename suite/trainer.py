@@ -1,10 +1,10 @@
 """The one training loop every method goes through, top to bottom.
 
-A method hands the trainer a ``Trainable`` (``suite.methods.api``): the model, its bit list, its loss and its
-optimiser parameter groups. Each iteration, on one batch, every bit-width runs in the reverse of the listed
-order (largest first for ascending lists), each with its own backward into the same gradients, then one step
-of every optimiser (``train_step``), all on a per-epoch cosine schedule. After every epoch all bit-widths are
-evaluated; the best mean top-1 is kept.
+A method hands the trainer a ``Trainable`` (``suite.contract``): the model, its bit list, its loss, its
+optimiser parameter groups, optimisers and schedule. Each iteration, on one batch, every bit-width runs in the
+reverse of the listed order (largest first for ascending lists), each with its own backward into the same
+gradients, then one step of every optimiser (``train_step``), each on the method's per-epoch schedule (cosine
+by default). After every epoch all bit-widths are evaluated; the best mean top-1 is kept.
 
 The loop knows no method, no MLflow and no manifest: progress goes out through the ``log`` callback, state
 into ``run_dir`` as verified data-only checkpoints (``suite.checkpoints``). A killed run resumes from its last
@@ -28,7 +28,7 @@ from suite import interrupts, numerics, rng
 from suite.checkpoints import (CheckpointError, CheckpointSeries, UnfitCheckpoint, read_checkpoint, read_json,
                                set_aside, write_json)
 from suite.distributed import SINGLE, Distributed, data_parallel, local_device, no_sync, sync_batch_norm
-from suite.methods.api import ParamGroup, Trainable
+from suite.contract import Trainable
 from suite.recipe import Recipe
 from suite.rng import seed_everything
 
@@ -38,19 +38,10 @@ except ImportError:  # a bare GPU image may lack tqdm; progress bars are a nicet
     def tqdm(iterable, **_):
         return iterable
 
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def make_optimizers(groups: list[ParamGroup]) -> list[torch.optim.Optimizer]:
-    """One optimiser per kind named in ``groups``, in order of first appearance, holding its groups."""
-    kinds = dict.fromkeys(g.optimizer for g in groups if g.params)
-    return [OPTIMIZERS[kind]([g.torch_group() for g in groups if g.optimizer == kind and g.params]) for kind in kinds]
 
 
 def training_forward(model: nn.Module, recipe: Recipe) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -340,8 +331,8 @@ def fit(
     device = local_device(resolve_device(recipe.device), dist)
     numerics.configure(recipe.precision, recipe.deterministic)
     model, bits = trainable.model.to(device), trainable.bits
-    optimizers = make_optimizers(trainable.param_groups(recipe))
-    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=recipe.epochs, eta_min=0) for o in optimizers]
+    optimizers = trainable.optimizers_for(recipe)
+    schedulers = [trainable.schedule(o, recipe) for o in optimizers]
     expected.optimizers, expected.schedulers = optimizers, schedulers
 
     state, resumed_from = Progress(), None

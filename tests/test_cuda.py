@@ -14,7 +14,7 @@ from suite.checkpoints import CheckpointSeries
 from suite.data import DataConfig, build_data
 from suite.layers import adabits as adabits_layers, lsq, quant
 from suite.methods import METHODS
-from suite.trainer import Recipe, fit, make_optimizers, seed_everything, train_step
+from suite.trainer import Recipe, fit, seed_everything, train_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -133,7 +133,7 @@ def one_step(name, precision=None, seed=0):
     x, y = torch.rand(32, 3, 32, 32, generator=g).cuda(), torch.randint(0, 10, (32,), generator=g).cuda()
     if trainable.initialize:
         trainable.initialize(trainable.model, [(x, y)] * 4)
-    optimizers = make_optimizers(trainable.param_groups(Recipe()))
+    optimizers = trainable.optimizers_for(Recipe())
     losses = train_step(trainable, trainable.model, optimizers, x, y, precision)
     return trainable, losses
 

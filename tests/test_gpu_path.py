@@ -221,10 +221,7 @@ def test_every_methods_joint_step_trains_under_bf16(name):
     x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
     if trainable.initialize:
         trainable.initialize(trainable.model, [(x, y)] * 2)
-    from suite.trainer import make_optimizers
-
-    losses = train_step(trainable, trainable.model, make_optimizers(trainable.param_groups(Recipe())), x, y,
-                        torch.bfloat16)
+    losses = train_step(trainable, trainable.model, trainable.optimizers_for(Recipe()), x, y, torch.bfloat16)
     assert sorted(losses) == [2, 4] and all(torch.isfinite(v) for v in losses.values())
 
 

@@ -19,13 +19,26 @@ def loaded_after_import(module: str) -> set[str]:
 @pytest.mark.parametrize("module, forbidden", [
     ("suite.layers.multibranch", ("suite.models", "suite.methods")),
     ("suite.models", ("suite.methods", "suite.trainer")),
-    ("suite.methods", ("suite.trainer", "suite.runner")),
-    ("suite.trainer", ("suite.runner", "suite.tracking", "suite.manifest")),
+    ("suite.models", ("suite.models.",)),  # the registry imports an architecture on first use only
+    ("suite.methods", ("suite.trainer", "suite.runner", "suite.methods.", "suite.models.")),
+    ("suite.contract", ("suite.methods", "suite.models")),
+    ("suite.trainer", ("suite.runner", "suite.tracking", "suite.manifest", "suite.methods", "suite.models")),
     ("suite.runner", ("suite.report",)),
 ])
 def test_importing_a_layer_loads_nothing_above_it(module, forbidden):
     loaded = loaded_after_import(module)
     assert not {m for m in loaded if m.startswith(forbidden)}, loaded
+
+
+def test_a_broken_method_breaks_only_its_own_lookup():
+    """The trainer and the registry import no method, so a method that fails to import fails where it is used."""
+    code = ("import sys; sys.modules['suite.methods.bitmixer'] = None\n"  # any import of it now raises
+            "import suite.trainer, suite.methods as m\n"
+            "print(m.method('dedicated').name, sorted(m.METHODS))\n"
+            "try:\n    m.method('bitmixer')\nexcept ImportError:\n    print('bitmixer broken')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:2] == ["dedicated ['adabits', 'anyprecision', 'bitmixer', 'dedicated', 'mbquant']",
+                                    "bitmixer broken"]
 
 
 def test_no_function_level_suite_imports_outside_the_cli():

@@ -23,7 +23,7 @@ from suite.distributed import SINGLE, data_parallel, from_environment, global_ba
 from suite.methods import METHODS
 from suite.recipe import Recipe
 from suite.rng import seed_everything
-from suite.trainer import evaluate, make_optimizers, train_step
+from suite.trainer import evaluate, train_step
 
 STEPS, SHARE, VAL_IMAGES = 3, 8, 37  # steps compared; images per rank per step; an uneven validation set
 
@@ -51,7 +51,7 @@ def _mean_over_ranks(value: torch.Tensor, world: int) -> float:
 
 def _steps(trainable, forward, batches, device, rank: int, world: int, perturb: int | None) -> list[dict]:
     """Joint steps, each rank on its equal share of every global batch; the losses averaged over the ranks."""
-    optimizers = make_optimizers(trainable.param_groups(Recipe(lr=0.05)))
+    optimizers = trainable.optimizers_for(Recipe(lr=0.05))
     losses = []
     for x, y in batches:
         n = len(x) // world

@@ -1,8 +1,9 @@
-"""The method registry: ``method.name`` in a manifest -> its ``Method``.
+"""The method registry: ``method.name`` in a manifest -> its ``Method``, each imported on first use.
 
-Methods from outside the tree register through the Python entry-point group ``suite.methods`` (a value like
-``my_package.my_method:METHOD``) or with ``--plugin my_package.my_method`` (a module that defines ``METHOD``);
-either way every manifest can use them as arms. ``method(name)`` loads the entry points on first use.
+Methods from outside the tree register through the Python entry-point group ``suite.methods`` (``name =
+my_package.my_method:METHOD``, the name being the method's) or with ``--plugin my_package.my_method`` (a module
+that defines ``METHOD``, or registers architectures with ``suite.models.register_model``, or both); either way
+every manifest can use them as arms. ``method(name)`` reads the entry points on first use.
 """
 from __future__ import annotations
 
@@ -10,34 +11,39 @@ import importlib
 import re
 from importlib.metadata import entry_points
 
-from suite.methods import adabits, anyprecision, bitmixer, dedicated, mbquant
-from suite.methods.api import Method, ParamGroup, Trainable
+from suite.contract import Method, ParamGroup, Trainable
+from suite.models import MODELS, archs
+from suite.registry import Lazy, PluginError, Registry
 
 ENTRY_POINT_GROUP = "suite.methods"
-METHODS: dict[str, Method] = {m.METHOD.name: m.METHOD for m in (mbquant, dedicated, anyprecision, adabits, bitmixer)}
 _entry_points_loaded = False
 
 
-class PluginError(ValueError):
-    """A plugin that cannot be loaded or registered; the message names it."""
+def _is_method(name: str, method: object) -> None:
+    if not isinstance(method, Method):
+        raise ValueError(f"expected a suite.methods.Method, got {type(method).__name__}")
+    if method.name != name:
+        raise ValueError(f"method {method.name!r} registered under another name, {name!r}")
+
+
+METHODS = Registry("method", {name: f"suite.methods.{name}:METHOD"
+                              for name in ("mbquant", "dedicated", "anyprecision", "adabits", "bitmixer")}, _is_method)
 
 
 def register(method: Method) -> Method:
     """Add ``method`` to the registry; a different method under a taken name is an error."""
     if not isinstance(method, Method):
         raise PluginError(f"expected a suite.methods.Method, got {type(method).__name__}")
-    known = METHODS.get(method.name)
-    if known is not None and known is not method:
-        raise PluginError(f"a method named {method.name!r} is already registered")
-    METHODS[method.name] = method
-    return method
+    return METHODS.register(method.name, method)
 
 
-def load_plugin(module: str) -> Method:
-    """Import ``module`` (``--plugin``) and register its ``METHOD``."""
+def load_plugin(module: str) -> Method | None:
+    """Import ``module`` (``--plugin``): register its ``METHOD``; the architectures it defines registered
+    themselves on import (``@register_model``). It must provide at least one of the two."""
     if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module):
         raise PluginError(f"plugin {module!r} is not a module name: give a dotted Python name (e.g. mypackage.method) "
                           "importable from the current folder or the environment, not a file path")
+    before = set(MODELS)
     try:
         found = importlib.import_module(module)
     except ImportError as err:
@@ -46,23 +52,24 @@ def load_plugin(module: str) -> Method:
         raise PluginError(f"plugin {module!r} called exit({err.code}) while being imported") from None
     except Exception as err:  # its own bug: name the plugin, not the suite
         raise PluginError(f"plugin {module!r} failed while being imported: {type(err).__name__}: {err}") from None
-    if not hasattr(found, "METHOD"):
-        raise PluginError(f"plugin {module!r} defines no METHOD (a suite.methods.Method)")
-    return register(found.METHOD)
+    if hasattr(found, "METHOD"):
+        return register(found.METHOD)
+    # What it registered now, or on an earlier import (the module is imported once per process).
+    if not set(MODELS) - before and not any(getattr(b, "__module__", None) == found.__name__
+                                            for b in MODELS.loaded().values()):
+        raise PluginError(f"plugin {module!r} defines no METHOD (a suite.methods.Method) and registers no "
+                          "architecture (suite.models.register_model)")
+    return None
 
 
 def load_entry_points() -> None:
-    """Register every method installed under the ``suite.methods`` entry-point group (once)."""
+    """Register every method installed under the ``suite.methods`` entry-point group (once, lazily)."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            register(ep.load())
-        except Exception as err:  # a broken third-party package must name itself, not break the suite
-            raise PluginError(f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP}) failed to load: {err}") \
-                from None
+        METHODS.register(ep.name, Lazy(ep.load, f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP})"))
 
 
 def build_trainable(name: str, arch: str, num_classes: int, bits: list[int], options: dict) -> Trainable:
@@ -79,5 +86,10 @@ def method(name: str) -> Method:
     return METHODS[name]
 
 
+def supported_archs(name: str) -> list[str]:
+    """The ``model.arch`` values method ``name`` accepts now: the architectures of its topology."""
+    return archs(method(name).topology)
+
+
 __all__ = ["METHODS", "Method", "ParamGroup", "PluginError", "Trainable", "build_trainable", "load_entry_points",
-           "load_plugin", "method", "register"]
+           "load_plugin", "method", "register", "supported_archs"]

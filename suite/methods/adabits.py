@@ -44,7 +44,7 @@ from suite.layers.adabits import AdaBitsConv
 from suite.layers.base import FP_BITS
 from suite.layers.norms import PerBitBatchNorm
 from suite.losses import labels_only
-from suite.methods.api import Method, Trainable
+from suite.contract import Method, Trainable
 from suite.methods.common import calibrate, check_bit_list, weight_groups
 from suite.models import create_model
 

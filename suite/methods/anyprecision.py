@@ -34,7 +34,7 @@ from typing import Literal
 from suite.layers.dorefa import DoReFaConv
 from suite.layers.norms import PerBitBatchNorm
 from suite.losses import inplace_distillation, labels_only, recursive_distillation
-from suite.methods.api import Method, Trainable, fp32_weight_storage
+from suite.contract import Method, Trainable, fp32_weight_storage
 from suite.methods.common import check_bit_list, weight_groups
 from suite.models import create_model
 

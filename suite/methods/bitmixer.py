@@ -80,7 +80,7 @@ import torch
 
 from suite.layers.lsq import STEP_NAMES, BitMixerConv, TransitionalBatchNorm
 from suite.losses import inplace_distillation, labels_only
-from suite.methods.api import Method, Trainable, fp32_weight_storage
+from suite.contract import Method, Trainable, fp32_weight_storage
 from suite.methods.common import calibrate, check_bit_list, parameters_named, sgd_and_adam
 from suite.models import create_model
 from suite.models.base import BitSwitchable

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from suite.layers.base import FP_BITS, MAX_BITS, is_depthwise
-from suite.methods.api import ParamGroup
+from suite.contract import ParamGroup
 from suite.recipe import Recipe
 
 

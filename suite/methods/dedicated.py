@@ -31,7 +31,7 @@ from torch import nn
 from suite.costs import stored_bits
 from suite.layers.learned_bounds import BOUND_NAMES, LearnedBoundsConv
 from suite.losses import labels_only
-from suite.methods.api import Method, Trainable
+from suite.contract import Method, Trainable
 from suite.methods.common import calibrate, check_bit_list, parameters_named, sgd_and_adam
 from suite.models import create_model
 from suite.models.base import BitSwitchable

@@ -16,10 +16,11 @@ from torch import nn
 from suite.costs import stored_bits
 from suite.layers.multibranch import BOUND_NAMES
 from suite.losses import inplace_distillation, labels_only
-from suite.methods.api import Method, Trainable
+from suite.contract import Method, Trainable
 from suite.methods.common import calibrate, parameters_named, sgd_and_adam
-from suite.models import MULTI_BRANCH, create_model
+from suite.models import create_model, model_name
 
+TOPOLOGY = "mbquant"  # its multi-branch networks, registered in suite.models under this topology
 LOSSES = {"inplace": inplace_distillation, "none": labels_only}
 
 
@@ -61,7 +62,7 @@ def build(arch: str, num_classes: int, bits: list[int], options: Options) -> Tra
     """The trainer's view of MBQuant: SGD on the weights, Adam on the bounds, calibration, in-place distillation."""
     check_bits(bits, options)
     model = create_model(
-        f"mbquant_{arch}", num_classes=num_classes, bits=bits, branches=options.branches,
+        model_name(arch, TOPOLOGY), num_classes=num_classes, bits=bits, branches=options.branches,
         strategy=options.selection, release_quirks=options.variant == "release", conv_impl=options.conv_impl,
     )
     return Trainable(
@@ -75,4 +76,4 @@ def build(arch: str, num_classes: int, bits: list[int], options: Options) -> Tra
 
 METHOD = Method("mbquant", Options, build, check_bits, storage_bits,
                 "multi-branch 2-bit weights, amortized branch selection, in-place distillation",
-                archs=tuple(name.removeprefix("mbquant_") for name in MULTI_BRANCH))
+                topology=TOPOLOGY)
