@@ -8,10 +8,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from suite.cli import main
+from suite.checkpoints import sha256_file
 from suite.data import DataConfig, build_data
-from suite.interop import (
+from suite.release import (
     DDP_PREFIX, CheckpointMismatch, InteropError, build_release_model, export_release_checkpoint,
-    load_release_checkpoint, release_layout, sha256_file,
+    load_release_checkpoint, release_layout,
 )
 from suite.methods import mbquant
 from suite.collect import load_runs
