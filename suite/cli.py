@@ -199,7 +199,7 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_import_checkpoint(args) -> int:
-    from suite.interop import checkpoint_manifest
+    from suite.evaluate import checkpoint_manifest
     from suite.manifest import parse_set_options, resolve_manifest
     from suite.runner import run_manifest
 
@@ -349,11 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     from suite import interrupts
     from suite.checkpoints import CheckpointError
     from suite.data import DataError, DatasetNotFound
-    from suite.interop import InteropError
     from suite.manifest import ManifestError
     from suite.methods import PluginError, load_plugin
     from suite.paths import PathEscape, disk_full
     from suite.references import ReferenceError
+    from suite.release import InteropError
     from suite.tracking import StoreError
 
     try:

@@ -23,12 +23,13 @@ from suite.checkpoints import CheckpointSeries, sha256_file
 from suite.costs import measure_cost
 from suite.data import build_data, num_classes
 from suite.distributed import SINGLE, Distributed, from_environment
-from suite.interop import format_results, load_release_checkpoint, mapping_table, setting_of
+from suite.evaluate import format_results
 from suite.manifest import LoadedManifest, Manifest, ManifestError, ResolvedArm, flatten
 from suite.methods import Trainable, build_trainable, method as registered_method
 from suite.plots import training_curves_figure
 from suite.quant_error import measure_switching_error, summarize
 from suite.records import QERR_KINDS, final_metrics, scale_label
+from suite.release import load_release_checkpoint, mapping_table, setting_of
 from suite.titles import honest_title
 from suite.tracking import Tracker, environment_tags, git_state
 from suite.trainer import Expected, evaluate, fit, resolve_device, seed_everything

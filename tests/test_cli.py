@@ -192,7 +192,7 @@ def test_every_argument_has_help_and_import_checkpoint_names_every_released_mode
     that load."""
     import argparse
 
-    from suite.interop import RELEASE_MODELS
+    from suite.release import RELEASE_MODELS
 
     undocumented, real = [], argparse.ArgumentParser.add_argument
 

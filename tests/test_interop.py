@@ -8,10 +8,11 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from suite.cli import main
-from suite.data import DataConfig, build_data
-from suite.interop import (
+from suite.checkpoints import sha256_file
+from suite.data import NUM_CLASSES, DataConfig, build_data
+from suite.release import (
     DDP_PREFIX, CheckpointMismatch, InteropError, build_release_model, export_release_checkpoint,
-    load_release_checkpoint, release_layout, sha256_file,
+    load_release_checkpoint, release_layout, SETTINGS as RELEASE_SETTINGS,
 )
 from suite.methods import mbquant
 from suite.collect import load_runs
@@ -96,6 +97,23 @@ def test_imagenet_layouts_are_the_release_spec(name, arch, setting, tsv):
     rows = [line.split("\t") for line in (SPEC / f"{tsv}_state_dict.tsv").read_text().splitlines()]
     assert [(e.key, e.shape, str(e.dtype)) for e in layout] == [(k, tuple(eval(s)), d) for k, s, d in rows]
 
+
+def _configuration(model: torch.nn.Module) -> list:
+    """Every module's class, plain attributes (strategy, release quirks, conv kernel...) and tensor shapes."""
+    return [(path, type(m).__name__, {k: v for k, v in vars(m).items() if not k.startswith("_")},
+             {k: tuple(v.shape) for k, v in m.state_dict(keep_vars=True).items() if "." not in k})
+            for path, m in model.named_modules()]
+
+
+@pytest.mark.parametrize("name, dataset", [("resnet20", "cifar100"), ("resnet8", "cifar10"),
+                                           ("resnet18", "imagenet"), ("mobilenetv1", "imagenet")])
+@pytest.mark.parametrize("setting", ["2468", "234"])
+def test_release_model_is_what_mbquant_builds_for_variant_release(name, dataset, setting):
+    """The release format builds its model from the registry without the method: the same network, layer for layer."""
+    bits, selection = RELEASE_SETTINGS[setting]
+    options = mbquant.Options(selection=selection, variant="release", branches=4)
+    expected = mbquant.build(name, NUM_CLASSES[dataset], bits, options).model
+    assert _configuration(build_release_model(name, dataset, setting)) == _configuration(expected)
 
 def test_unknown_names_list_the_known_ones():
     with pytest.raises(InteropError, match="unknown model 'resnet50'; known: resnet20, resnet8, resnet18, mobilenetv1"):

@@ -9,9 +9,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "suite"
 
 
-def loaded_after_import(module: str) -> set[str]:
-    """The suite modules a fresh interpreter has loaded after importing ``module``."""
-    code = f"import sys, {module}; print('\\n'.join(m for m in sys.modules if m.startswith('suite')))"
+def loaded_after_import(module: str, prefix: str = "suite") -> set[str]:
+    """The modules (under ``prefix``; "" for all) a fresh interpreter has loaded after importing ``module``."""
+    code = f"import sys, {module}; print('\\n'.join(m for m in sys.modules if m.startswith({prefix!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return set(out.split())
 
@@ -39,6 +39,13 @@ def test_a_broken_method_breaks_only_its_own_lookup():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[:2] == ["dedicated ['adabits', 'anyprecision', 'bitmixer', 'dedicated', 'mbquant']",
                                     "bitmixer broken"]
+
+
+def test_the_release_format_loads_no_tracking_cli_or_method():
+    """Reading and writing the release's checkpoints needs torch and the model, not MLflow or a method."""
+    loaded = loaded_after_import("suite.release", "")
+    forbidden = ("mlflow", "suite.methods", "suite.cli", "suite._cli", "suite.runner", "suite.evaluate")
+    assert not {m for m in loaded if m.startswith(forbidden)}, sorted(m for m in loaded if m.startswith("suite"))
 
 
 def test_no_function_level_suite_imports_outside_the_cli():
