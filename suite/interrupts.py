@@ -1,7 +1,8 @@
 """SIGINT, SIGTERM (``kill``, a scheduler's preemption) and SIGUSR2 (SLURM's warning before a time limit) stop a
 run cleanly: inside the training loop the
 current step finishes and a checkpoint is written first; anywhere else the stop is immediate. A second Ctrl-C
-stops at once. The runs are then closed as KILLED and the process exits non-zero; the same command resumes.
+stops at once; the same SIGTERM or SIGUSR2 again changes nothing (it is the same stop). The runs are then closed
+as KILLED and the process exits non-zero; the same command resumes.
 
 ``installed()`` is entered by the command line only: a library user keeps Python's own signal behaviour.
 """
@@ -31,6 +32,8 @@ class _State:
 def _handler(signum, frame):
     if _State.requested is not None and signum == signal.SIGINT:
         raise KeyboardInterrupt  # a second Ctrl-C: stop now
+    if _State.requested == signum:
+        return  # the same stop again (SLURM signals every process of a job, and a launcher passes it on too)
     _State.requested = signum
     if not _State.deferring:
         raise Interrupted(signum)

@@ -1,7 +1,8 @@
 """Launchers: a manifest's (arm, seed) jobs on every GPU of this machine, or as a SLURM job array.
 
-Every job is the same command a user could type, restricted to one run (``--arm A --seed K``), so a job that
-fails or is stopped is simply run again and resumes from its checkpoints; a finished one is not run twice.
+Every job is the same command a user could type, restricted to one run (``--arm A --seed K``): ``python -m suite``
+with the command line that the ``run`` options write for it (``job_argv``), so every option reaches the job. A job
+that fails or is stopped is simply run again and resumes from its checkpoints; a finished one is not run twice.
 
 - ``gpus``: jobs run concurrently, one per GPU (or ``gpus_per_job`` GPUs each, through torchrun), or in plain CPU
   slots. A failed job does not stop the others; it is reported, and the next invocation resumes it.
@@ -18,11 +19,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
-from suite.cli import main as suite_main
+from suite.cluster import ClusterSpec
 
 PREEMPTION = signal.SIGUSR2  # what SLURM sends ahead of the time limit (submitit's --signal)
+SIGNAL_DELAY_S = 180  # SIGUSR2 this long before the time limit: time to finish a step and checkpoint
+MAX_REQUEUES = 10  # a job stopped this often by its time limit fails instead of requeueing
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,15 @@ class Job:
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{self.arm}-seed{self.seed}")
 
 
-def jobs_for(planned: list[tuple[str, int]], base_argv: list[str]) -> list[Job]:
-    """One job per planned (arm, seed): ``base_argv`` (a ``run`` command without launcher options) plus the pair."""
-    return [Job(arm, seed, (*base_argv, "--arm", arm, "--seed", str(seed))) for arm, seed in planned]
+class JobOptions(Protocol):
+    """The ``run`` options (``suite._cli.run.RunOptions``), as far as a launcher reads them."""
+
+    def job_argv(self, arm: str, seed: int) -> list[str]: ...
+
+
+def jobs_for(planned: list[tuple[str, int]], options: JobOptions) -> list[Job]:
+    """One job per planned (arm, seed), its command line written by ``options``."""
+    return [Job(arm, seed, tuple(options.job_argv(arm, seed))) for arm, seed in planned]
 
 
 def torchrun_prefix(processes: int) -> list[str]:
@@ -116,13 +125,42 @@ def run_on_gpus(jobs: list[Job], logs: Path, *, gpus_per_job: int = 1, jobs_per_
 # ----------------------------------------------------------------------------------------------------- SLURM
 
 
+def run_suite(argv: tuple[str, ...]) -> int:
+    """``python -m suite argv`` as a child process with this one's environment and output; returns its exit code.
+
+    The preemption signal is passed on to it: the suite there finishes its step and checkpoints, and this process
+    requeues once it has ended. (SLURM signals every process of the job, so the child may get it twice: the suite
+    takes a repeated stop signal as the same stop.)"""
+    child: subprocess.Popen | None = None
+    early: list[int] = []  # arrived before the child existed
+
+    def forward(signum, frame):
+        if child is None:
+            early.append(signum)
+        else:
+            child.send_signal(signum)
+
+    previous = signal.signal(PREEMPTION, forward)
+    sys.stdout.flush(), sys.stderr.flush()  # what this process said comes before what the child says
+    try:
+        child = subprocess.Popen([*torchrun_prefix(1), *argv])
+        for signum in early:
+            child.send_signal(signum)
+        return child.wait()
+    finally:
+        signal.signal(PREEMPTION, previous)
+        if child is not None and child.poll() is None:  # this process is failing: leave no suite running behind it
+            child.terminate()
+            child.wait()
+
+
 @dataclass
 class SuiteJob:
     """What one SLURM task runs: the suite's command line for one (arm, seed), under submitit.
 
-    With several tasks (GPUs) per job it joins them as one torch.distributed group. On SIGUSR2 the suite finishes
-    its step and checkpoints (it handles the signal itself), then submitit's own handler requeues the job, which
-    resumes from that checkpoint.
+    With several tasks (GPUs) per job it joins them as one torch.distributed group (through the environment the
+    child inherits). On SIGUSR2 the suite in the child finishes its step, checkpoints and exits; then submitit's own
+    handler here requeues the job, which resumes from that checkpoint.
     """
 
     argv: tuple[str, ...]
@@ -135,8 +173,8 @@ class SuiteJob:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
             os.environ["LOCAL_RANK"] = str(env.local_rank)
         requeue = signal.getsignal(PREEMPTION)  # submitit's checkpoint-and-requeue handler
-        code = suite_main(list(self.argv))  # its own signal handling ends with it: submitit's is back
-        if code == 128 + PREEMPTION:
+        code = run_suite(self.argv)
+        if code in (128 + PREEMPTION, -PREEMPTION):  # -: stopped before the suite could handle it
             if env.global_rank != 0:  # rank 0 checkpointed and requeues the whole job; an error exit here could
                 return 0              # make SLURM (KillOnBadExit) kill rank 0 before it does
             if callable(requeue):
@@ -151,21 +189,7 @@ class SuiteJob:
         return submitit.helpers.DelayedSubmission(self)  # the same command: it resumes from its checkpoints
 
 
-@dataclass
-class Cluster:
-    """Where SLURM runs each job (CLI options or the profile's ``cluster`` block)."""
-
-    partition: str | None = None
-    time_minutes: float = 60 * 24
-    gpus_per_job: int = 1
-    cpus_per_task: int = 8
-    account: str | None = None
-    signal_delay_s: int = 180  # SIGUSR2 this long before the time limit: time to finish a step and checkpoint
-    max_requeues: int = 10  # a job stopped this often by its time limit fails instead of requeueing
-    jobs_per_gpu: int = 1  # the gpus launcher's, in the manifest's cluster block; not used by SLURM
-
-
-def submit_to_slurm(jobs: list[Job], folder: Path, cluster: Cluster, *, executor: str = "slurm",
+def submit_to_slurm(jobs: list[Job], folder: Path, cluster: ClusterSpec, *, executor: str = "slurm",
                     echo: Callable[[str], None] = print) -> list:
     """Submit ``jobs`` as one array (``executor``: slurm, or submitit's local / debug executors, which run them on
     this machine: for testing). Returns the submitit jobs."""
@@ -173,15 +197,15 @@ def submit_to_slurm(jobs: list[Job], folder: Path, cluster: Cluster, *, executor
 
     tasks = dict(tasks_per_node=cluster.gpus_per_job, timeout_min=cluster.time_minutes)
     if executor == "slurm":
-        ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cluster.max_requeues)
-        ex.update_parameters(**{**tasks, "timeout_min": int(cluster.time_minutes)}, nodes=1, name="suite",
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=MAX_REQUEUES)
+        ex.update_parameters(**tasks, nodes=1, name="suite",
                              gpus_per_node=cluster.gpus_per_job, cpus_per_task=cluster.cpus_per_task,
-                             slurm_signal_delay_s=cluster.signal_delay_s,
+                             slurm_signal_delay_s=SIGNAL_DELAY_S,
                              **{f"slurm_{k}": v for k, v in (("partition", cluster.partition),
                                                              ("account", cluster.account)) if v})
     elif executor == "local":
-        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=cluster.max_requeues)
-        ex.update_parameters(**tasks, signal_delay_s=cluster.signal_delay_s)
+        ex = submitit.LocalExecutor(folder=folder, max_num_timeout=MAX_REQUEUES)
+        ex.update_parameters(**tasks, signal_delay_s=SIGNAL_DELAY_S)
     else:
         ex = submitit.DebugExecutor(folder=folder)
     with ex.batch():

@@ -25,48 +25,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, Ty
     model_validator
 
 from suite.claims import Claim
+from suite.cluster import ClusterSpec
 from suite.data import LOADER_ONLY, PIPELINE_VERSION, DataConfig
 from suite.fields import FieldError, check_distinct
+from suite.manifest_file import MAX_DEPTH, ManifestError, load_yaml, read_manifest_file
 from suite.paths import identifier_problem, inside
 from suite.methods import method as registered_method, supported_archs
 from suite.recipe import ADDED_LATER, Recipe
 
 MAX_SEED = 2**31 - 1
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
-
-
-class ManifestError(ValueError):
-    """A manifest that cannot be run; the message names the file and the field."""
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML where a mapping that repeats a key is an error (plain YAML keeps the last value silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-MAX_DEPTH = 64  # the deepest manifest nests 5 levels; YAML's parser recurses per level, so bound it first
-_OPENS = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken,
-          yaml.FlowSequenceStartToken)
-_CLOSES = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
-
-
-def load_yaml(text: str) -> Any:
-    """YAML with unique keys, refused before parsing when it nests deeper than MAX_DEPTH (the scanner that measures
-    the depth does not recurse; the parser does, and would fail with a RecursionError)."""
-    depth = 0
-    for token in yaml.scan(text, Loader=yaml.SafeLoader):
-        depth += isinstance(token, _OPENS) - isinstance(token, _CLOSES)
-        if depth > MAX_DEPTH:
-            raise yaml.YAMLError(f"nested more than {MAX_DEPTH} levels deep (line {token.start_mark.line + 1})")
-    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def _numeric_fields(cls) -> set[str]:
@@ -149,19 +117,6 @@ class CheckpointSpec(_Strict):
     path: str
     sha256: str = Field(description="the file's SHA-256: part of the run's identity, checked before evaluating")
     trusted: bool = Field(False, description="allow arbitrary pickled objects in the file (only for files you trust)")
-
-
-class ClusterSpec(_Strict):
-    """Where the submitit launcher runs each (arm, seed) job on SLURM; the command line overrides any of it."""
-
-    partition: str | None = None
-    time_minutes: int = Field(24 * 60, ge=10, description="wall-clock limit per job; a job requeues itself")
-    gpus_per_job: int = Field(1, ge=1, le=64)
-    cpus_per_task: int = Field(8, ge=1, le=512)
-    account: str | None = None
-    jobs_per_gpu: int = Field(1, ge=1, le=64, description="gpus launcher: jobs sharing each GPU slot at once (a "
-                                                           "small model leaves most of a GPU idle; `suite doctor` "
-                                                           "suggests a value)")
 
 
 class Arm(_Strict):
@@ -409,22 +364,6 @@ class LoadedManifest(BaseModel):
 
     def resolved_yaml(self) -> str:
         return yaml.safe_dump(self.manifest.model_dump(mode="json"), sort_keys=False)
-
-
-def read_manifest_file(path: Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest file not found")
-    try:
-        doc = load_yaml(path.read_text())
-    except yaml.YAMLError as err:
-        raise ManifestError(f"{path}: not valid YAML: {err}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ManifestError(f"{path}: cannot be read ({err})") from None
-    if not isinstance(doc, dict):
-        raise ManifestError(f"{path}: a manifest must be a YAML mapping")
-    doc.setdefault("name", path.stem)
-    return doc
 
 
 def load_manifest(path: str | Path, profile: str = "paper", overrides: dict[str, Any] | None = None) -> LoadedManifest:

@@ -243,7 +243,7 @@ def test_a_preempted_multi_task_job_requeues_from_rank_0_and_other_ranks_exit_cl
     monkeypatch.setattr(submitit, "JobEnvironment", lambda: FakeJobEnvironment(rank))
     monkeypatch.setattr(submitit.helpers, "TorchDistributedEnvironment",
                         lambda: type("Env", (), {"export": lambda self, **_: None})())
-    monkeypatch.setattr(launch, "suite_main", lambda argv: 128 + launch.PREEMPTION)
+    monkeypatch.setattr(launch, "run_suite", lambda argv: 128 + launch.PREEMPTION)
     monkeypatch.setenv("LOCAL_RANK", "0")
     job = launch.SuiteJob(("run", "x.yaml"))
     previous = signal.signal(launch.PREEMPTION, lambda signum, frame: requeued.append(signum))  # submitit's

@@ -1,8 +1,10 @@
 """Launchers, offline bundles and the plan: each job is the same command a user would type for one (arm, seed)."""
 import os
 import signal
+import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -11,8 +13,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from helpers import copy_store, tiny_manifest
-from suite.cli import main
-from suite.launch import Cluster, jobs_for, submit_to_slurm
+from suite import interrupts, launch
+from suite._cli.run import RunOptions
+from suite.cli import main, parse
+from suite.cluster import ClusterSpec
+from suite.launch import jobs_for, submit_to_slurm
 from suite.manifest import load_manifest
 from suite.layers.norms import PerBitBatchNorm
 from suite.losses import labels_only
@@ -93,9 +98,8 @@ def test_submitit_job_checkpoints_on_its_time_signal_requeues_and_finishes(tmp_p
     manifest = write_manifest(tmp_path, method={"name": "held", "bits": [2, 4],
                                                 "options": {"pid_file": str(pid_file), "epoch": 1}})
     results = copy_store(empty_store, tmp_path / "results")
-    jobs = jobs_for([("held", 0)], ["run", str(manifest), "--results", str(results), "--no-progress",
-                                    "--plugin", "held_method"])
-    (job,) = submit_to_slurm(jobs, tmp_path / "slurm", Cluster(time_minutes=10), executor="local")
+    jobs = jobs_for([("held", 0)], parse(["run", str(manifest), "--results", str(results), "--plugin", "held_method"]))
+    (job,) = submit_to_slurm(jobs, tmp_path / "slurm", ClusterSpec(time_minutes=10), executor="local")
     deadline = time.monotonic() + 240
     while not pid_file.exists() and not job.done():
         assert time.monotonic() < deadline, "the job never reached its second epoch"
@@ -167,9 +171,9 @@ def test_slurm_array_asks_for_what_the_cluster_block_says(tmp_path, monkeypatch)
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    jobs = jobs_for([("mbquant", 0), ("mbquant", 1)], ["run", "tiny.yaml"])
-    handles = submit_to_slurm(jobs, tmp_path / "slurm", Cluster(partition="gpu", time_minutes=90.5, gpus_per_job=2,
-                                                                account="lab"), echo=lambda _: None)
+    jobs = jobs_for([("mbquant", 0), ("mbquant", 1)], parse(["run", "tiny.yaml"]))
+    handles = submit_to_slurm(jobs, tmp_path / "slurm", ClusterSpec(partition="gpu", time_minutes=90, gpus_per_job=2,
+                                                                    account="lab"), echo=lambda _: None)
     assert [h.job_id for h in handles] == ["4242_0", "4242_1"]
     script = (tmp_path / "script").read_text()
     for line in ("--array=0-1", "--partition=gpu", "--account=lab", "--time=90", "--gpus-per-node=2",
@@ -225,3 +229,82 @@ def test_a_pipeline_check_parent_says_its_accuracies_are_not_results(pipeline_ch
                                  "tags.`suite.kind` = 'invocation'")
     note = parent.data.tags["mlflow.note.content"]
     assert note.startswith("**Pipeline check, not results**") == pipeline_check and "| mbquant |" in note
+
+
+# -- every option of `run` reaches the jobs it launches -------------------------------------------------------------
+
+def every_run_option(tmp_path: Path) -> dict:
+    """A value for every option of `run`, none of them its default. A new option fails the test below until it
+    has a value here, and is then checked like the others."""
+    return {
+        "manifest": write_manifest(tmp_path, profiles={"paper": {}, "smoke": {}}), "launcher": "gpus",
+        "gpus_per_job": 2, "jobs_per_gpu": 3, "cpu_slots": 2, "partition": "gpu", "time_minutes": 30,
+        "cpus_per_task": 4, "account": "lab", "submitit_executor": "local", "offline": tmp_path / "bundles",
+        "profile": "smoke", "set": ["recipe.epochs=1", "recipe.steps_per_epoch=2"], "arm": ["mbquant"], "seed": [0],
+        "no_progress": True, "results": tmp_path / "results", "plugin": ["test_launch"],
+    }
+
+
+@pytest.mark.parametrize("launcher", ["gpus", "submitit"])
+def test_a_launched_job_gets_every_run_option_but_the_launchers_own(launcher, tmp_path, monkeypatch):
+    given = RunOptions(**every_run_option(tmp_path) | {"launcher": launcher})
+    defaults = RunOptions(manifest=given.manifest)
+    assert [f.name for f in fields(RunOptions) if getattr(given, f.name) == getattr(defaults, f.name)] == ["manifest"]
+    assert parse(given.argv()) == given  # what a user types, written back: the same options
+
+    launched = {}
+    monkeypatch.setattr(launch, "run_on_gpus", lambda jobs, folder, **kw: launched.update(jobs=jobs, **kw) or 0)
+    monkeypatch.setattr(launch, "submit_to_slurm",
+                        lambda jobs, folder, cluster, **kw: launched.update(jobs=jobs, cluster=cluster, **kw) or [])
+    assert main(given.argv()) == 0
+    (job,) = launched.pop("jobs")
+    assert (job.arm, job.seed) == ("mbquant", 0) and job.argv[0] == "run"
+    own = [f.name for f in fields(RunOptions) if f.metadata["arg"].launcher_only]
+    assert parse(list(job.argv)) == replace(given, **{name: getattr(defaults, name) for name in own})
+    if launcher == "gpus":
+        assert launched == {"gpus_per_job": 2, "jobs_per_gpu": 3, "cpu_slots": 2}
+    else:
+        assert launched["executor"] == "local" and launched["cluster"] == ClusterSpec(
+            partition="gpu", time_minutes=30, gpus_per_job=2, cpus_per_task=4, account="lab", jobs_per_gpu=3)
+
+
+def test_the_launcher_options_override_the_manifests_cluster_block_one_by_one(tmp_path):
+    block = ClusterSpec(partition="long", time_minutes=600, account="lab")
+    options = parse(["run", "m.yaml", "--launcher", "submitit", "--time", "20", "--cpus-per-task", "2"])
+    assert options.cluster(block) == ClusterSpec(partition="long", time_minutes=20, cpus_per_task=2, account="lab")
+    assert options.cluster(None) == ClusterSpec(time_minutes=20, cpus_per_task=2)
+
+
+def test_a_slurm_job_passes_its_time_signal_on_to_the_suite_it_runs(tmp_path, monkeypatch):
+    """The job runs `python -m suite` as a child; the SIGUSR2 the job gets reaches the child, whose exit code the
+    job reports (the stand-in child exits 140 on SIGUSR2, as the suite does after checkpointing)."""
+    ready = tmp_path / "ready"
+    child = (f"import pathlib, signal, sys, time; signal.signal(signal.SIGUSR2, lambda *_: sys.exit(140)); "
+             f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)")
+    monkeypatch.setattr(launch, "torchrun_prefix", lambda processes: [sys.executable, "-c", child])
+
+    def signal_once_ready():
+        while not ready.exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    previous = signal.signal(signal.SIGUSR2, lambda *_: pytest.fail("the job kept the signal instead of passing it on"))
+    try:
+        threading.Thread(target=signal_once_ready, daemon=True).start()
+        assert launch.run_suite(("run", "m.yaml")) == 140
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_the_same_stop_signal_again_is_the_same_stop():
+    """SLURM signals every process of a job and the job passes the signal on too: the suite may get it twice."""
+    with interrupts.installed():
+        with pytest.raises(interrupts.Interrupted):
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(5)
+        try:
+            os.kill(os.getpid(), signal.SIGUSR2)  # while the first stop is being handled (runs closed, ...)
+            time.sleep(0.1)
+        except interrupts.Interrupted:
+            pytest.fail("the second signal interrupted the handling of the first")
+        assert interrupts.requested() == signal.SIGUSR2

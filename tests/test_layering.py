@@ -1,4 +1,5 @@
-"""Dependencies point one way (layers -> models -> methods -> trainer -> runner), checked on the real import graph."""
+"""Dependencies point one way (layers -> models -> methods -> trainer -> runner -> launch -> cli), checked on the real import
+graph."""
 import ast
 import subprocess
 import sys
@@ -52,7 +53,7 @@ def test_no_function_level_suite_imports_outside_the_cli():
     """Imports at module top show a module's dependencies at a glance; only the CLI defers them (start-up time)."""
     offenders = []
     for path in PACKAGE.rglob("*.py"):
-        if path.name == "cli.py":
+        if path.name == "cli.py" or path.parent.name == "_cli":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -61,3 +62,38 @@ def test_no_function_level_suite_imports_outside_the_cli():
                             isinstance(inner, ast.Import) and any(a.name.startswith("suite") for a in inner.names):
                         offenders.append(f"{path.relative_to(PACKAGE.parent)}:{inner.lineno}")
     assert not offenders
+
+
+def loaded_by_command(*argv: str) -> set[str]:
+    """The modules a fresh ``python -m suite ARGV`` has loaded when it ends (``--help`` included)."""
+    code = ("import runpy, sys\nsys.argv = ['suite', *sys.argv[1:]]\ntry:\n    runpy.run_module('suite', run_name='__main__')\n"
+            "except SystemExit:\n    pass\nprint('-- modules --', *sys.modules, sep='\\n')")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True).stdout
+    return set(out.split("-- modules --\n")[1].split())
+
+
+def every_help() -> list[tuple[str, ...]]:
+    """``--help`` of the command line and of every subcommand (and of their own subcommands)."""
+    import argparse
+
+    from suite.cli import build_parser
+
+    def helps(parser, prefix):
+        yield (*prefix, "--help")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from helps(sub, (*prefix, name))
+
+    return list(helps(build_parser(), ()))
+
+
+@pytest.mark.parametrize("argv", [("list",), *every_help()], ids=" ".join)
+def test_list_and_every_help_load_no_torch_and_no_method(argv):
+    loaded = loaded_by_command(*argv)
+    assert "torch" not in loaded and not {m for m in loaded if m.startswith(("suite.methods", "suite.models"))}
+
+
+def test_the_launchers_do_not_import_the_command_line():
+    """A launched job is ``python -m suite ...``, its options written by the ``run`` options: no import cycle."""
+    assert not {m for m in loaded_after_import("suite.launch") if m.startswith(("suite.cli", "suite._cli"))}
