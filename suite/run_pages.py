@@ -47,7 +47,7 @@ def experiment_note(loaded: LoadedManifest, invocations: list[dict[str, str]]) -
     """The experiment's description: what ran, the claim it checks, and per profile that ran here (the newest
     invocation of each, from their tags) its scale and the exact command that reproduces it."""
     m = loaded.manifest
-    lines = [f"**{honest_title(loaded)}**", ""]
+    lines = [honest_title(loaded), ""]  # plain: MLflow's experiments list shows the first line unrendered
     if m.claim:
         lines += [f"Claim ({m.paper.ref or 'this manifest'}): {m.claim}", ""]
     if m.pipeline_check:

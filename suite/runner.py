@@ -59,7 +59,8 @@ def manifest_tags(loaded: LoadedManifest) -> dict[str, str]:
     return {
         **git_state(Path(__file__).parent), **environment_tags(),
         "suite.device": str(resolve_device(m.recipe.device)), "suite.profile": loaded.profile,
-        "suite.scale": scale_label(loaded.profile) or "paper-protocol", "suite.manifest": m.name,
+        "suite.scale": "exact" if m.task == "costs" else scale_label(loaded.profile) or "paper-protocol",
+        "suite.manifest": m.name,
         "suite.manifest_version": str(m.version), "suite.manifest_file": str(loaded.path),
         "suite.manifest_hash": loaded.hash, "suite.title": honest_title(loaded), "suite.paper_ref": m.paper.ref,
         "suite.paper_verified": str(m.paper.verified).lower(), "suite.claim": m.claim,

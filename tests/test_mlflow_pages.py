@@ -61,7 +61,7 @@ def test_a_stand_in_s_experiment_is_named_by_what_ran_and_described(tiny):
     _, loaded, exp, parent, _ = tiny
     assert exp.name == f"{STAND_IN} (tiny_pages)"
     note = exp.tags[NOTE]
-    assert note.startswith(f"**{honest_title(loaded)}**") and honest_title(loaded).startswith(STAND_IN)
+    assert note.startswith(f"{honest_title(loaded)}\n") and honest_title(loaded).startswith(STAND_IN)
     assert "Claim (Table 9): MBQuant matches every bit-width" in note
     assert f"`{loaded.command}`" in note and "--profile tiny" in loaded.command
     assert parent.data.tags["suite.title"] == honest_title(loaded)
@@ -145,6 +145,7 @@ def test_table4_s_parent_holds_its_costs_and_says_they_are_exact(store):
         assert f"| {arm} | {child.data.metrics['storage_mib']:.2f} |" in note
         assert child.data.tags[NOTE].startswith(f"**{parent.data.tags['suite.title']}**")
     assert "exact at every profile" in note and "smoke" not in note.split("Reproduce:")[0].lower()
+    assert parent.data.tags["suite.scale"] == "exact" and "| smoke | exact |" in exp.tags[NOTE]
     assert json.loads(exp.tags[VIEW_TAG])["selectedColumns"][:2] == ["metrics.`storage_mib`", "metrics.`bitops_b2`"]
 
 
