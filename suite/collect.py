@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from suite.records import QERR_KINDS, RUN_COLUMNS
-from suite.tracking import TAG_KIND, tracking_uri
+from suite.tracking import TAG_KIND, series_key, tracking_uri
 
 # Columns ``load_runs`` adds to records.RUN_COLUMNS: the run an (arm, seed) row's numbers were trained by.
 EXTRA_RUN_COLUMNS = ["pipeline_check", "reused_from"]
@@ -156,6 +156,16 @@ def load_invocations(results_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _series(client, run_id: str, name: str) -> dict[int, float]:
+    """Per-epoch series ``name`` of a run, step -> value: under its section (``series_key``), or under its plain
+    name in a store written before series had sections."""
+    for key in (series_key(name), name):
+        history = client.get_metric_history(run_id, key)
+        if history:
+            return {m.step: m.value for m in history}
+    return {}
+
+
 def load_histories(results_dir: Path, children: pd.DataFrame) -> pd.DataFrame:
     """Per-epoch validation top-1 and training loss, one row per (run, bit-width, epoch), for the runs in
     ``children`` (columns run_id, reused_from, bits). A reuse record's series are read from its original run."""
@@ -163,8 +173,7 @@ def load_histories(results_dir: Path, children: pd.DataFrame) -> pd.DataFrame:
     for child in children.drop_duplicates("run_id").itertuples():
         source = child.reused_from if isinstance(child.reused_from, str) and child.reused_from else child.run_id
         for b in (child.bits if isinstance(child.bits, list) else [int(x) for x in child.bits.split(",")]):
-            series = {name: {m.step: m.value for m in client.get_metric_history(source, f"{name}_b{b}")}
-                      for name in ("val_top1", "train_loss")}
+            series = {name: _series(client, source, f"{name}_b{b}") for name in ("val_top1", "train_loss")}
             for epoch in sorted(set(series["val_top1"]) | set(series["train_loss"])):
                 rows.append({"run_id": child.run_id, "bits": b, "epoch": epoch,
                              "val_top1": series["val_top1"].get(epoch), "train_loss": series["train_loss"].get(epoch)})

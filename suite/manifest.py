@@ -136,7 +136,8 @@ class Manifest(_Strict):
     task: Literal["train", "costs", "evaluate"] = Field(
         "train", description="train: every (arm, seed) through the trainer; costs: storage and BitOPs of every "
         "arm's model, measured without training or data; evaluate: a released checkpoint at every bit-width")
-    experiment: Identifier | None = Field(None, description="MLflow experiment of the runs (default: the manifest name)")
+    experiment: Identifier | None = Field(None, description="MLflow experiment of the runs (default: the manifest name; a "
+                                            "profile that stands in for the paper's setting: one named by what ran)")
     checkpoint: CheckpointSpec | None = None
     paper: PaperReference
     data: DataConfig

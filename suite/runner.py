@@ -28,11 +28,13 @@ from suite.manifest import LoadedManifest, Manifest, ManifestError, ResolvedArm,
 from suite.methods import Trainable, build_trainable, method as registered_method
 from suite.plots import training_curves_figure
 from suite.quant_error import measure_switching_error, summarize
+from suite import run_pages
 from suite.records import QERR_KINDS, final_metrics, scale_label
 from suite.release import load_release_checkpoint, mapping_table, setting_of
-from suite.titles import honest_title
-from suite.tracking import Tracker, environment_tags, git_state
+from suite.titles import experiment_name, honest_title, invocation_name, setup_name
+from suite.tracking import TAG_KIND, Tracker, environment_tags, git_state, series_key
 from suite.trainer import Expected, evaluate, fit, resolve_device, seed_everything
+from suite.ui_view import VIEW_TAG, runs_view
 
 ANALYSIS_METRIC_PREFIXES = ("qerr_",)  # metrics an ``analyses`` entry logs (suite.quant_error)
 
@@ -58,7 +60,8 @@ def manifest_tags(loaded: LoadedManifest) -> dict[str, str]:
     return {
         **git_state(Path(__file__).parent), **environment_tags(),
         "suite.device": str(resolve_device(m.recipe.device)), "suite.profile": loaded.profile,
-        "suite.scale": scale_label(loaded.profile) or "paper-protocol", "suite.manifest": m.name,
+        "suite.scale": "exact" if m.task == "costs" else scale_label(loaded.profile) or "paper-protocol",
+        "suite.manifest": m.name,
         "suite.manifest_version": str(m.version), "suite.manifest_file": str(loaded.path),
         "suite.manifest_hash": loaded.hash, "suite.title": honest_title(loaded), "suite.paper_ref": m.paper.ref,
         "suite.paper_verified": str(m.paper.verified).lower(), "suite.claim": m.claim,
@@ -132,13 +135,14 @@ def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = 
     tracker = Tracker(results_dir, tracking)
     for run_id in tracker.close_orphans():
         echo(f"closed run {run_id} as KILLED: the process running it is gone")
-    experiment = tracker.experiment_id(m.experiment_name)
+    experiment = tracker.experiment_id(experiment_name(loaded))
     tags = manifest_tags(loaded) | {"suite.world_size": str(dist.world_size)}
     params = flatten(m.model_dump(mode="json", exclude={"profiles", "arms"}))
     rows: list[dict] = []
-    with tracker.invocation(experiment, f"{m.name} [{loaded.profile}]",
+    with tracker.invocation(experiment, invocation_name(loaded),
                             tags | {"suite.jobs": json.dumps(loaded.jobs)}, params) as parent:
         inv = Invocation(loaded, Path(results_dir), progress, echo, dist, tracker, experiment, parent, tags)
+        _describe_experiment(inv)
         runs = f"{len(loaded.arms)} arm(s)" + (f" x {len(m.seeds)} seed(s)" if m.task == "train" else "")
         where = f" on {dist.world_size} processes" if dist.active else ""
         echo(f"{m.name} ({m.paper.ref}, profile {loaded.profile}): {runs}{where}; MLflow {tracker.uri}")
@@ -159,10 +163,23 @@ def run_manifest(loaded: LoadedManifest, results_dir: Path, *, progress: bool = 
     return pd.DataFrame(rows)
 
 
+def _describe_experiment(inv: Invocation) -> None:
+    """The experiment's description (what ran, the claim, each profile's reproducing command) and the runs-table
+    view it opens on (the final results as columns, every invocation's runs expanded)."""
+    parents = inv.tracker.client.search_runs([inv.experiment], f"tags.`{TAG_KIND}` = 'invocation'",
+                                             order_by=["attributes.start_time DESC"], max_results=1000)
+    newest = {}
+    for run in parents:
+        newest.setdefault(run.data.tags.get("suite.profile"), run.data.tags)
+    inv.tracker.set_experiment_tags(inv.experiment, {
+        run_pages.NOTE: run_pages.experiment_note(inv.loaded, list(newest.values())),
+        VIEW_TAG: runs_view(run_pages.view_columns(inv.loaded), [r.info.run_id for r in parents])})
+
+
 def _summarize(inv: Invocation, rows: pd.DataFrame) -> None:
     """Per arm and bit-width, the final top-1 averaged over this invocation's seeds, on the parent run: metrics
-    ``<arm>.top1_b<b>`` (and ``.top1_mean``) and a table ``summary.csv``, so one row of MLflow's runs table shows
-    the experiment's result."""
+    ``<arm>.top1_b<b>`` (and ``.top1_mean``), rounded to two decimals as the description shows them, a table
+    ``summary.csv`` at full precision, and the description's table."""
     rows = rows.dropna(subset=["top1"]) if not rows.empty else rows
     if rows.empty:
         return
@@ -170,18 +187,12 @@ def _summarize(inv: Invocation, rows: pd.DataFrame) -> None:
     table.columns = ["arm", "bits", "seeds", "top1_mean", "top1_sd"]
     metrics = {f"{metric_key(r.arm)}.top1_b{r.bits}": r.top1_mean for r in table.itertuples()}
     metrics |= {f"{metric_key(arm)}.top1_mean": v for arm, v in table.groupby("arm", sort=False)["top1_mean"].mean().items()}
-    inv.tracker.log_metrics(inv.parent, metrics, 0)
+    inv.tracker.log_metrics(inv.parent, {k: round(v, 2) for k, v in metrics.items()}, 0)
     with inv.tracker.artifact_dir(inv.parent) as tmp:
         table.to_csv(tmp / "summary.csv", index=False)
-    wide = table.pivot(index="arm", columns="bits", values="top1_mean").reindex(table["arm"].unique())
-    bits = list(wide.columns)
-    lines = [f"Final top-1 (%) per arm, mean over this invocation's seeds ({inv.tags.get('suite.scale')}):", "",
-             "| arm | " + " | ".join(f"{b}-bit" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
-    lines += [f"| {arm} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for arm, row in wide.iterrows()]
-    if inv.loaded.manifest.pipeline_check:
-        lines[:0] = ["**Pipeline check, not results**: these runs are too short to learn; they only show that every "
-                     "arm runs end to end, and their accuracies compare with nothing.", ""]
-    inv.tracker.set_tags(inv.parent, {"mlflow.note.content": "\n".join(lines)})
+    top1 = {arm: dict(zip(g["bits"], g["top1_mean"])) for arm, g in table.groupby("arm", sort=False)}
+    inv.tracker.set_tags(inv.parent, {run_pages.NOTE: run_pages.invocation_note(
+        inv.loaded, inv.tags.get("suite.scale", ""), top1, int(table["seeds"].max()))})
 
 
 @contextmanager
@@ -261,19 +272,19 @@ def _train_locked(inv: Invocation, arm: ResolvedArm, seed: int, run_dir: Path) -
         {**flatten(arm.run_spec), "seed": seed, "distributed.world_size": world,
          "distributed.batch_per_process": cfg.recipe.batch_size // world})
     echo(f"  {name}: {'resuming' if reopened else 'training'} (run {run_id})")
+    recipe = run_pages.recipe_text(cfg, world)
+    note = lambda what, *final: run_pages.child_note(inv.loaded, arm.name, seed, cfg, what, *final)  # noqa: E731
     with tracker.running(run_id):
-        r = cfg.recipe
-        steps = f"{r.steps_per_epoch} steps" if r.steps_per_epoch else "full epochs"
-        processes = f" on {world} processes" if world > 1 else ""
+        tracker.set_tags(run_id, {run_pages.NOTE: note(f"{setup_name(cfg)}; {recipe}")})
         result, trainable, data = _fit(inv, arm, seed, run_dir,
-                                       log=lambda metrics, step: tracker.log_metrics(run_id, metrics, step))
+                                       log=lambda metrics, step: tracker.log_series(run_id, metrics, step))
         _log_missing_epochs(tracker, run_id, result.history)
-        tracker.set_tags(run_id, {"suite.world_size": str(world), "suite.setup": (
-            f"{data.description}; model {cfg.model.arch}; {r.epochs} epochs x {steps}, batch {r.batch_size}"
-            f"{processes}, lr {r.lr}, lr_quant {r.lr_quant}")})
+        setup = f"{data.description}; model {cfg.model.arch}; {recipe}"
         final = final_metrics(result.final) | {"best_epoch": result.best_epoch}
         final |= _cost_metrics(cfg, trainable.model, data.image_size)
         tracker.log_metrics(run_id, final, max(result.best_epoch, 0))
+        tracker.set_tags(run_id, {"suite.world_size": str(world), "suite.setup": setup, run_pages.NOTE: note(
+            setup, {b: t1 for b, (t1, _) in result.final.items()}, max(result.best_epoch, 0))})
         with tracker.artifact_dir(run_id) as tmp:
             _write_run_artifacts(tmp, arm, seed, result)
     echo("    " + "  ".join(f"{b}-bit {t1:.2f}%" for b, (t1, _) in sorted(result.final.items())))
@@ -285,12 +296,12 @@ def _log_missing_epochs(tracker: Tracker, run_id: str, history: list[dict]) -> N
     """Log again, at their own steps, the epochs of the run's history that MLflow lacks (a process killed between
     an epoch's checkpoint and its logging), with the running best the trainer logs beside them: MLflow's curves
     then hold every epoch of history.csv."""
-    logged, best = tracker.logged_steps(run_id, "val_top1_mean"), 0.0
+    logged, best = tracker.logged_steps(run_id, series_key("val_top1_mean")), 0.0
     for row in history:
         best = max(best, row["val_top1_mean"])
         if row["epoch"] not in logged:
             metrics = {k: v for k, v in row.items() if k != "epoch"}
-            tracker.log_metrics(run_id, metrics | {"best_val_top1_mean": best}, row["epoch"])
+            tracker.log_series(run_id, metrics | {"best_val_top1_mean": best}, row["epoch"])
 
 
 def _write_run_artifacts(folder: Path, arm: ResolvedArm, seed: int, result) -> None:
@@ -369,6 +380,9 @@ def _cost_locked(inv: Invocation, arm: ResolvedArm, cfg: Manifest, key: str) -> 
         tags = {k: v for k, v in inv.arm_tags(arm, 0).items() if k != "suite.seed"}
         run_id, _ = tracker.start_child(inv.experiment, inv.parent, arm.name, key, tags, flatten(arm.run_spec),
                                         kind="cost-run")
+        tracker.set_tags(run_id, {run_pages.NOTE: run_pages.child_note(
+            inv.loaded, arm.name, None, cfg, f"{setup_name(cfg)}, untrained: stored bits by component and per-image "
+                                             f"MACs / BitOPs at every bit-width (exact; training does not change them)")})
         with tracker.running(run_id):
             model = configured_trainable(cfg, num_classes(cfg.data.dataset)).model
             metrics = _cost_metrics(cfg, model, cfg.data.image_size)
@@ -381,9 +395,20 @@ def _cost_locked(inv: Invocation, arm: ResolvedArm, cfg: Manifest, key: str) -> 
 
 
 def _report_costs(inv: Invocation, table: pd.DataFrame) -> None:
+    """The costs on the parent run: a CSV at full precision, per-arm metrics ``<arm>.storage_mib`` and
+    ``<arm>.gbitops_b<b>`` (rounded to three decimals) and the description's table; and printed."""
+    if table.empty:
+        return
     with inv.tracker.artifact_dir(inv.parent) as tmp:
         table.to_csv(tmp / f"{inv.loaded.manifest.name}.costs.csv", index=False)
-    storage = table.drop_duplicates("arm").set_index("arm").filter(like="_mib").round(3)
+    arms = table.drop_duplicates("arm").set_index("arm")
+    gbitops = {arm: dict(zip(g["bits"], g["bitops_G"])) for arm, g in table.groupby("arm", sort=False)}
+    metrics = {f"{metric_key(arm)}.storage_mib": mib for arm, mib in arms["storage_mib"].items()}
+    metrics |= {f"{metric_key(arm)}.gbitops_b{b}": v for arm, row in gbitops.items() for b, v in row.items()}
+    inv.tracker.log_metrics(inv.parent, {k: round(v, 3) for k, v in metrics.items()}, 0)
+    inv.tracker.set_tags(inv.parent, {run_pages.NOTE: run_pages.costs_note(
+        inv.loaded, arms["storage_mib"].to_dict(), gbitops)})
+    storage = arms.filter(like="_mib").round(3)
     bitops = table.pivot(index="arm", columns="bits", values="bitops_G").round(3)
     bitops.columns = [f"{b}-bit GBitOPs" for b in bitops.columns]
     inv.echo("storage (MiB, all bit-widths served) and BitOPs per image (G; quantized layers, FP layers apart):\n"
@@ -421,10 +446,11 @@ def _evaluate_locked(inv: Invocation, arm: ResolvedArm, net, report) -> list[dic
         return _final_rows(arm, 0, previous.data.metrics)
     meta, path = report.metadata, Path(cfg.checkpoint.path)
     data = build_data(cfg.data, cfg.recipe.batch_size, 0, cfg.recipe.eval_batch_size)
-    tags = inv.arm_tags(arm, 0) | {
-        "suite.checkpoint_path": str(path), "suite.checkpoint_sha256": cfg.checkpoint.sha256,
-        "suite.setup": f"{data.description}; model {cfg.model.arch}; released checkpoint {path.name}, "
-                       f"epoch {meta.get('epoch', '?')}, evaluated only"}
+    setup = (f"{data.description}; model {cfg.model.arch}; released checkpoint {path.name}, epoch "
+             f"{meta.get('epoch', '?')}, evaluated only")
+    note = lambda *top1: run_pages.child_note(inv.loaded, arm.name, None, cfg, setup, *top1)  # noqa: E731
+    tags = inv.arm_tags(arm, 0) | {"suite.checkpoint_path": str(path), "suite.checkpoint_sha256": cfg.checkpoint.sha256,
+                                   "suite.setup": setup, run_pages.NOTE: note()}
     params = {**flatten(arm.run_spec), "seed": 0, "checkpoint.epoch": meta.get("epoch"),
               "checkpoint.arch": meta.get("arch"), "checkpoint.acc1": _plain(meta.get("acc1")),
               "checkpoint.best_acc1": _plain(meta.get("best_acc1")), "checkpoint.ddp_prefix": bool(report.prefix),
@@ -438,12 +464,13 @@ def _evaluate_locked(inv: Invocation, arm: ResolvedArm, net, report) -> list[dic
         metrics = final_metrics(results) | {f"release_acc1_b{b}": v for b, v in
                                             _stored_acc1(meta.get("acc1"), cfg.method.bits).items()}
         tracker.log_metrics(run_id, metrics, 0)
+        tracker.set_tags(run_id, {run_pages.NOTE: note({b: t1 for b, (t1, _) in results.items()})})
         with tracker.artifact_dir(run_id) as tmp:
             pd.DataFrame([{"bits": b, "top1": t1, "top5": t5} for b, (t1, t5) in sorted(results.items())]).to_csv(
                 tmp / "final_metrics.csv", index=False)
             pd.DataFrame(mapping_table(net)).to_csv(tmp / "key_mapping.csv", index=False)
     inv.echo(format_results(results, _stored_acc1(meta.get("acc1"), cfg.method.bits)))
-    inv.echo(f"MLflow run {run_id} in experiment {cfg.experiment_name!r} ({tracker.uri})")
+    inv.echo(f"MLflow run {run_id} in experiment {experiment_name(inv.loaded)!r} ({tracker.uri})")
     return _final_rows(arm, 0, metrics)
 
 

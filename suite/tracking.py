@@ -47,6 +47,17 @@ REMOTE = ("http", "https", "databricks", *DATABASES)
 ANSWERS = {"RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "INVALID_STATE"}
 # A run's end results (not per-epoch series): what a reuse record carries over.
 FINAL_METRICS = ("final_", "best_epoch", "storage_", "macs_", "bitops_", "fp_macs_")
+# Per-epoch series are logged under sections ("accuracy/val_top1_b2", "loss/train_loss_b2"): MLflow's metrics tab
+# shows named sections first, each sorted by key, and its unnamed one last, so a run's page opens on its curves
+# rather than on its single-valued results (final_*, costs), which keep their plain names.
+SERIES_SECTIONS = (("train_loss", "loss"), ("", "accuracy"))
+
+
+def series_key(name: str) -> str:
+    """The MLflow key of per-epoch series ``name`` (a column of the trainer's history)."""
+    return next(f"{section}/{name}" for prefix, section in SERIES_SECTIONS if name.startswith(prefix))
+
+
 # Experiments open on MLflow's runs table (its "machine learning" view) rather than its GenAI traces view.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
@@ -406,6 +417,10 @@ class Tracker:
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
+    def log_series(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        """One epoch's per-epoch series, each under its section (``series_key``)."""
+        self.log_metrics(run_id, {series_key(k): v for k, v in metrics.items()}, step)
+
     def log_artifact(self, run_id: str, path: Path, subdir: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), subdir)
 
@@ -429,6 +444,10 @@ class Tracker:
                 pass  # the one to report; the run stays RUNNING and the next invocation closes it (close_orphans)
             raise
         self.finish(run_id)
+
+    def set_experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_experiment_tag(experiment_id, k, str(v))
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():

@@ -89,8 +89,8 @@ def write(tracker: Tracker, inv: Invocation, reuse: dict | None = None) -> dict[
                                                                                "recipe.steps_per_epoch": 3})
             epochs = inv.epochs if status == "FINISHED" else 1
             for epoch in range(epochs):
-                tracker.log_metrics(run_id, {f"val_top1_b{b}": top1(arm, seed, b, epoch) for b in inv.bits} |
-                                    {f"train_loss_b{b}": 2.0 - 0.5 * epoch for b in inv.bits}, epoch)
+                tracker.log_series(run_id, {f"val_top1_b{b}": top1(arm, seed, b, epoch) for b in inv.bits} |
+                                   {f"train_loss_b{b}": 2.0 - 0.5 * epoch for b in inv.bits}, epoch)
             if status == "FINISHED":
                 tracker.log_metrics(run_id, final, inv.epochs - 1)
             if status != "RUNNING":

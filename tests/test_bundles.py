@@ -14,7 +14,7 @@ from suite.bundles import IMPORTING, SEAL, seal
 from suite.checkpoints import sha256_file
 from suite.cli import main
 from suite.manifest import load_manifest
-from suite.tracking import tracking_uri
+from suite.tracking import series_key, tracking_uri
 
 MANIFEST = tiny_manifest("tiny_bundle", "offline runs", epochs=2, steps_per_epoch=3)
 
@@ -213,6 +213,6 @@ def test_an_import_killed_half_way_leaves_nothing_half_made_and_a_rerun_complete
     source = MlflowClient(f"sqlite:///{only_bundle(bundles) / 'mlflow.db'}")
     (original,) = source.search_runs(["1"], "tags.`suite.kind` = 'arm-run'")
     assert run.info.status == "FINISHED" and run.data.metrics == original.data.metrics
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1_b2")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, series_key("val_top1_b2"))] == [0, 1]
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"history.csv", "final_metrics.csv"}
     assert client.get_run(run.data.tags["mlflow.parentRunId"]).data.tags["suite.kind"] == "invocation"

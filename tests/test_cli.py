@@ -9,8 +9,10 @@ from mlflow.tracking import MlflowClient
 from helpers import EXPERIMENTS, copy_store
 from suite.cli import main
 from suite.report import count_pdf_pages
+from suite.manifest import load_manifest
 from suite.records import QERR_KINDS
-from suite.tracking import tracking_uri
+from suite.titles import experiment_name
+from suite.tracking import series_key, tracking_uri
 
 MANIFEST = str(EXPERIMENTS / "table3_cifar100_resnet20_2468.yaml")
 FIG3 = str(EXPERIMENTS / "fig3_selection_x_distillation.yaml")
@@ -57,9 +59,10 @@ def smoke_run(table3_store, tmp_path):
     return copy_store(table3_store, tmp_path / "results")
 
 
-def arm_runs(results_dir, experiment="table3_cifar100_resnet20_2468"):
+def arm_runs(results_dir, manifest=MANIFEST):
+    """The (arm, seed) runs of the smoke profile of ``manifest``, from its experiment."""
     client = MlflowClient(tracking_uri(results_dir))
-    exp = client.get_experiment_by_name(experiment)
+    exp = client.get_experiment_by_name(experiment_name(load_manifest(manifest, "smoke")))
     return client, client.search_runs([exp.experiment_id], "tags.`suite.kind` = 'arm-run'")
 
 
@@ -74,7 +77,7 @@ def test_smoke_run_is_tracked_in_mlflow(smoke_run):
     assert {"git.commit", "git.dirty", "torch.version", "suite.device", "suite.manifest_hash"} <= set(tags)
     assert (tags["suite.precision"], tags["suite.deterministic"]) == ("fp32", "true")
     assert params["recipe.epochs"] == "2" and params["method.options.selection"] == "amortization"
-    history = client.get_metric_history(run.info.run_id, "val_top1_b4")
+    history = client.get_metric_history(run.info.run_id, series_key("val_top1_b4"))
     assert [m.step for m in history] == [0, 1]
     for b in (2, 4, 6, 8):
         assert 0 <= run.data.metrics[f"final_top1_b{b}"] <= 100
@@ -139,7 +142,7 @@ def test_identical_run_of_another_manifest_is_reused_not_retrained(fig3_store, t
     results, out = fig3_store
     results = copy_store(results, tmp_path / "results")
     assert "its results are reused" in out  # amortization-kd = table 3's mbquant
-    client, runs = arm_runs(results, "fig3_selection_x_distillation")
+    client, runs = arm_runs(results, FIG3)
     assert len(runs) == 4
     reused = [r for r in runs if "suite.reused_from" in r.data.tags]
     assert len(reused) == 1 and reused[0].data.tags["suite.arm"] == "amortization-kd"
@@ -151,14 +154,14 @@ def test_identical_run_of_another_manifest_is_reused_not_retrained(fig3_store, t
     assert "Reuse record" in reused[0].data.tags["mlflow.note.content"] and original.info.run_id in \
         reused[0].data.tags["mlflow.note.content"]
     assert reused[0].data.tags["suite.reused_artifacts"].endswith(f"{original.info.run_id}/artifacts")
-    assert not any(k.startswith(("val_", "train_")) for k in reused[0].data.metrics)
+    assert not any(k.startswith(("val_", "train_")) or "/" in k for k in reused[0].data.metrics)
 
 
 @pytest.mark.e2e
 def test_quant_error_analysis_runs_on_reused_and_new_checkpoints(table7_store, tmp_path):
     results, out = table7_store
     results = copy_store(results, tmp_path / "results")
-    client, runs = arm_runs(results, "table7_quantization_error")
+    client, runs = arm_runs(results, TABLE7)
     assert {r.data.tags["suite.arm"] for r in runs} == {"mbquant", "mbquant-clean", "anyprecision", "adabits"}
     for run in runs:
         assert 0 <= run.data.metrics["qerr_logits_b2"] < float("inf")

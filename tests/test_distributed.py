@@ -141,7 +141,7 @@ def process_tree(root: int) -> list[int]:
 def test_a_torchrun_run_killed_with_sigkill_resumes_and_records_its_world_size(tmp_path, empty_store):
     from mlflow.tracking import MlflowClient
 
-    from suite.tracking import tracking_uri
+    from suite.tracking import series_key, tracking_uri
 
     manifest, results = tmp_path / "tiny.yaml", copy_store(empty_store, tmp_path / "results")
     manifest.write_text(yaml.safe_dump(MANIFEST))
@@ -162,4 +162,4 @@ def test_a_torchrun_run_killed_with_sigkill_resumes_and_records_its_world_size(t
     (run,) = client.search_runs(["1"], "tags.`suite.kind` = 'arm-run'")
     assert run.info.status == "FINISHED" and run.data.params["distributed.world_size"] == "2"
     assert run.data.params["distributed.batch_per_process"] == "16" and run.data.tags["suite.world_size"] == "2"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1_b4")] == [0, 1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, series_key("val_top1_b4"))] == [0, 1, 2, 3]

@@ -25,7 +25,7 @@ from suite.methods import Method, Trainable
 from suite.methods.common import weight_groups
 from suite.models import create_model
 from suite.layers.dorefa import DoReFaConv
-from suite.tracking import tracking_uri
+from suite.tracking import series_key, tracking_uri
 
 TESTS = Path(__file__).resolve().parent
 MANIFEST = tiny_manifest("tiny_launch", "launched jobs", epochs=2, steps_per_epoch=4)
@@ -133,7 +133,7 @@ def test_offline_bundles_merge_into_the_store_once(tmp_path, empty_store, capsys
     assert run.data.params == source.data.params
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])  # the parent link points inside the store
     assert parent.data.tags["suite.kind"] == "invocation"
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1_b2")] == [0, 1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, series_key("val_top1_b2"))] == [0, 1]
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"history.csv", "final_metrics.csv"}
 
 

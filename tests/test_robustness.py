@@ -21,7 +21,7 @@ from suite.data import DataConfig, build_data
 from suite.manifest import load_manifest
 from suite.methods import mbquant
 from suite.trainer import Recipe, fit, seed_everything
-from suite.tracking import tracking_uri
+from suite.tracking import series_key, tracking_uri
 
 TINY = Recipe(epochs=3, batch_size=32, lr=0.1, steps_per_epoch=5, eval_batch_size=96)
 MANIFEST = tiny_manifest("tiny", "a tiny run", epochs=3, steps_per_epoch=6)
@@ -211,4 +211,4 @@ def test_two_processes_on_one_fresh_store_never_train_a_run_twice(tmp_path):
         ("clean", "0"), ("clean", "1"), ("release", "0"), ("release", "1")]
     for run in runs:
         assert run.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1_b2")] == [0, 1, 2]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, series_key("val_top1_b2"))] == [0, 1, 2]

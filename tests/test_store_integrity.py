@@ -17,7 +17,7 @@ from suite.cli import main
 from suite.data import DataConfig, build_data
 from suite.manifest import load_manifest
 from suite.methods import mbquant
-from suite.tracking import Tracker, tracking_uri
+from suite.tracking import Tracker, series_key, tracking_uri
 from suite.trainer import Recipe, fit, seed_everything
 
 TINY = Recipe(epochs=3, batch_size=32, lr=0.1, steps_per_epoch=5, eval_batch_size=96)
@@ -168,7 +168,7 @@ def test_a_kill_between_an_epochs_checkpoint_and_its_logging_is_logged_on_resume
     manifest = tmp_path / "tiny.yaml"
     manifest.write_text(yaml.safe_dump(MANIFEST))
     argv = ["run", str(manifest), "--results", str(results_dir), "--no-progress"]
-    fired = killed_once(monkeypatch, lambda metrics, step: step == 1 and "val_top1_mean" in metrics)
+    fired = killed_once(monkeypatch, lambda metrics, step: step == 1 and series_key("val_top1_mean") in metrics)
     assert main(argv) == 130 and fired == [1]  # epoch 1 checkpointed, never logged
     assert main(argv) == 0
     client, run = arm_run(results_dir)
@@ -176,11 +176,11 @@ def test_a_kill_between_an_epochs_checkpoint_and_its_logging_is_logged_on_resume
     history = pd.read_csv(client.download_artifacts(run.info.run_id, "history.csv", str(tmp_path)))
     assert list(history["epoch"]) == [0, 1, 2]
     for key in [c for c in history.columns if c != "epoch"] + ["best_val_top1_mean"]:
-        logged = client.get_metric_history(run.info.run_id, key)
+        logged = client.get_metric_history(run.info.run_id, series_key(key))
         assert sorted(m.step for m in logged) == [0, 1, 2], key
-    logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_top1_mean")}
+    logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, series_key("val_top1_mean"))}
     assert [logged[e] for e in history["epoch"]] == pytest.approx(list(history["val_top1_mean"]))
-    best = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "best_val_top1_mean"),
+    best = [m.value for m in sorted(client.get_metric_history(run.info.run_id, series_key("best_val_top1_mean")),
                                     key=lambda m: m.step)]
     assert best == pytest.approx(list(history["val_top1_mean"].cummax()))
 

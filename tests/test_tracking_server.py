@@ -13,13 +13,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from suite.cli import main
+from suite.tracking import series_key
 from helpers import free_port
 from test_launch import write_manifest
 
 TESTS = Path(__file__).resolve().parent
 JOBS = 8
 START_S = 180  # a server's start, and jobs reaching their gate, on a busy 2-core machine
-EPOCH_METRICS = ("val_top1_b2", "val_top1_b4", "val_top1_mean", "best_val_top1_mean")
+EPOCH_METRICS = tuple(map(series_key, ("val_top1_b2", "val_top1_b4", "val_top1_mean", "best_val_top1_mean")))
 RUN_ARTIFACTS = {"history.csv", "final_metrics.csv", "resolved_manifest.yaml", "training_curves.png"}
 
 

@@ -1,5 +1,5 @@
 """Screenshots of MLflow's UI as a researcher meets it, from a run store: the experiments list, an experiment's runs
-table, a run's overview and metrics, and a compare of two runs.
+table, a run's overview and metrics, a compare of two runs, and the costs' runs table and parent run.
 
     .tox/suite/bin/python tools/ui_screenshots.py [--results results] [--out reports/ui] [--experiment NAME]
 
@@ -25,7 +25,10 @@ from mlflow.tracking import MlflowClient
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1600,1000", "--virtual-time-budget=15000"]
+                  "--hide-scrollbars", "--window-size=1600,1000",
+                  "--run-all-compositor-stages-before-draw"]  # else charts stay spinners however long they wait
+# Virtual milliseconds a page gets to render; charts load their series after the page itself.
+BUDGET_MS, CHARTS_BUDGET_MS = 15_000, 30_000
 
 
 def free_port() -> int:
@@ -52,32 +55,45 @@ def start_ui(results: Path, port: int) -> subprocess.Popen:
 
 
 def pages(results: Path, base: str, experiment: str | None) -> dict[str, str]:
-    """name -> URL of the pages a researcher opens from the README's link."""
+    """name -> URL of the pages a researcher opens from the README's link: those of ``experiment`` (default: the
+    newest with training runs), and the runs table and parent run of the costs (Table 4) if the store has them."""
     client = MlflowClient(f"sqlite:///{results.resolve()}/mlflow.db")
     exps = [e for e in client.search_experiments() if e.name not in ("Default", "reports")]
-    exp = next((e for e in exps if e.name == experiment), exps[0]) if exps else None
+
+    def kind(exp, name, n):
+        return client.search_runs([exp.experiment_id], f"tags.`suite.kind` = '{name}'", max_results=n)
+
+    trained = [e for e in exps if kind(e, "arm-run", 1)]
+    exp = next((e for e in exps if e.name == experiment), trained[0] if trained else None)
     out = {"1-experiments": f"{base}/#/experiments?workflowType=machine_learning"}
-    if exp is None:
-        return out
-    out["2-runs-table"] = f"{base}/#/experiments/{exp.experiment_id}"
-    children = client.search_runs([exp.experiment_id], "tags.`suite.kind` = 'arm-run'", max_results=2)
-    parents = client.search_runs([exp.experiment_id], "tags.`suite.kind` = 'invocation'", max_results=1)
-    if parents:
-        out["3-parent-overview"] = f"{base}/#/experiments/{exp.experiment_id}/runs/{parents[0].info.run_id}"
-    if children:
-        run = children[0].info.run_id
-        out["4-run-overview"] = f"{base}/#/experiments/{exp.experiment_id}/runs/{run}"
-        out["5-run-metrics"] = f"{base}/#/experiments/{exp.experiment_id}/runs/{run}/model-metrics"
-    if len(children) == 2:
-        ids = ",".join(f'"{r.info.run_id}"' for r in children)
-        out["6-compare"] = f"{base}/#/compare-runs?runs=[{ids}]&experiments=[\"{exp.experiment_id}\"]"
+    if exp is not None:
+        out["2-runs-table"] = f"{base}/#/experiments/{exp.experiment_id}"
+        children, parents = kind(exp, "arm-run", 2), kind(exp, "invocation", 1)
+        if parents:
+            out["3-parent-overview"] = f"{base}/#/experiments/{exp.experiment_id}/runs/{parents[0].info.run_id}"
+        if children:
+            run = children[0].info.run_id
+            out["4-run-overview"] = f"{base}/#/experiments/{exp.experiment_id}/runs/{run}"
+            out["5-run-metrics"] = f"{base}/#/experiments/{exp.experiment_id}/runs/{run}/model-metrics"
+        if len(children) == 2:
+            ids = ",".join(f'"{r.info.run_id}"' for r in children)
+            out["6-compare"] = f"{base}/#/compare-runs?runs=[{ids}]&experiments=[\"{exp.experiment_id}\"]"
+    costs = next((e for e in exps if kind(e, "cost-run", 1)), None)
+    if costs is not None:
+        out["7-costs-runs-table"] = f"{base}/#/experiments/{costs.experiment_id}"
+        parent = kind(costs, "invocation", 1)
+        if parent:
+            out["8-costs-parent"] = f"{base}/#/experiments/{costs.experiment_id}/runs/{parent[0].info.run_id}"
     return out
 
 
 def screenshot(url: str, png: Path) -> None:
+    """A fresh browser profile per page: what a new browser shows (no view saved yet)."""
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    budget = CHARTS_BUDGET_MS if url.endswith("model-metrics") or "compare-runs" in url else BUDGET_MS
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={png}", url],
+        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--virtual-time-budget={budget}", f"--user-data-dir={profile}",
+                        f"--screenshot={png}", url],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120, check=True)
 
 
@@ -85,7 +101,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=Path("results"), help="the run store (default: results)")
     parser.add_argument("--out", type=Path, default=Path("reports/ui"), help="PNG folder (default: reports/ui)")
-    parser.add_argument("--experiment", default=None, help="the experiment to open (default: the first)")
+    parser.add_argument("--experiment", default=None,
+                        help="the experiment to open (default: the newest with training runs)")
     args = parser.parse_args()
     if not (args.results / "mlflow.db").exists():
         raise SystemExit(f"no run store at {args.results / 'mlflow.db'}: run `tox -e quickstart` first")
