@@ -99,10 +99,11 @@ def test_report_is_written(smoke_run, tmp_path, capsys):
     out = tmp_path / "report.pdf"
     assert main(["report", "--results", str(smoke_run), "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000
-    # front page, accuracy, curves, accuracy vs storage, table, appendix: environment, resolved manifest
-    assert count_pdf_pages(out) == 7
+    # front page, accuracy, curves, accuracy vs storage, table, its claims (continued), appendix: environment,
+    # resolved manifest
+    assert count_pdf_pages(out) == 8
     assert (tmp_path / "figures" / "table3_cifar100_resnet20_2468__smoke.png").exists()
-    assert "7 pages" in capsys.readouterr().out
+    assert "8 pages" in capsys.readouterr().out
 
 
 @pytest.mark.e2e

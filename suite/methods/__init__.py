@@ -26,8 +26,8 @@ def _is_method(name: str, method: object) -> None:
         raise ValueError(f"method {method.name!r} registered under another name, {name!r}")
 
 
-METHODS = Registry("method", {name: f"suite.methods.{name}:METHOD"
-                              for name in ("mbquant", "dedicated", "anyprecision", "adabits", "bitmixer")}, _is_method)
+BUILT_IN = ("mbquant", "dedicated", "anyprecision", "adabits", "bitmixer")
+METHODS = Registry("method", {name: f"suite.methods.{name}:METHOD" for name in BUILT_IN}, _is_method)
 
 
 def register(method: Method) -> Method:
@@ -91,5 +91,5 @@ def supported_archs(name: str) -> list[str]:
     return archs(method(name).topology)
 
 
-__all__ = ["METHODS", "Method", "ParamGroup", "PluginError", "Trainable", "build_trainable", "load_entry_points",
+__all__ = ["BUILT_IN", "METHODS", "Method", "ParamGroup", "PluginError", "Trainable", "build_trainable", "load_entry_points",
            "load_plugin", "method", "register", "supported_archs"]
