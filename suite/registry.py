@@ -7,6 +7,7 @@ and a broken one breaks only its own lookup. Plugins (``--plugin``, entry points
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -89,3 +90,18 @@ class Registry(MutableMapping):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class EntryPoints:
+    """Every entry point of ``group``, registered through ``register(name, Lazy)`` on the first call only: installed
+    plugins are found without importing them."""
+
+    def __init__(self, group: str, register: Callable[[str, Any], Any]):
+        self.group, self.register, self.loaded = group, register, False
+
+    def __call__(self) -> None:
+        if self.loaded:
+            return
+        self.loaded = True
+        for ep in entry_points(group=self.group):
+            self.register(ep.name, Lazy(ep.load, f"entry point {ep.name} = {ep.value} ({self.group})"))

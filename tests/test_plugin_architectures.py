@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 import suite.models as models
+import suite.registry
 from suite.cli import main
 from suite.costs import measure_cost
 from suite.data import DataConfig, build_data
@@ -140,8 +141,8 @@ def test_a_plugin_that_provides_nothing_is_named(tmp_path, monkeypatch, capsys):
 
 def test_entry_points_register_installed_architectures(monkeypatch):
     found = [EntryPoint("toy_net", "test_plugin_architectures:toy_net", models.ENTRY_POINT_GROUP)]
-    monkeypatch.setattr(models, "entry_points", lambda group: found if group == models.ENTRY_POINT_GROUP else [])
-    monkeypatch.setattr(models, "_entry_points_loaded", False)
+    monkeypatch.setattr(suite.registry, "entry_points", lambda group: found if group == models.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(models.load_entry_points, "loaded", False)
     try:
         assert "toy_net" in supported_archs("dedicated") and "toy_net" not in supported_archs("mbquant")
         assert isinstance(models.create_model("toy_net", num_classes=3, bits=[4], conv=nn.Conv2d,
@@ -152,8 +153,8 @@ def test_entry_points_register_installed_architectures(monkeypatch):
 
 def test_a_broken_entry_point_is_named_when_used(monkeypatch):
     found = [EntryPoint("gone", "no_such_package_anywhere:net", models.ENTRY_POINT_GROUP)]
-    monkeypatch.setattr(models, "entry_points", lambda group: found)
-    monkeypatch.setattr(models, "_entry_points_loaded", False)
+    monkeypatch.setattr(suite.registry, "entry_points", lambda group: found)
+    monkeypatch.setattr(models.load_entry_points, "loaded", False)
     try:
         assert "gone" in supported_archs("dedicated")  # listed without importing it
         with pytest.raises(ValueError, match=r"entry point gone = no_such_package_anywhere:net \(suite.models\) "

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 import suite.methods as registry
 from helpers import EXPERIMENTS
+import suite.registry
 from suite.cli import main
 from suite.costs import measure_cost
 from suite.data import DataConfig, build_data
@@ -108,8 +109,8 @@ def test_plugin_method_runs_as_a_manifest_arm_from_the_command_line(tmp_path, re
 
 def test_entry_points_register_installed_methods(monkeypatch):
     found = [EntryPoint("toy", "test_plugins:METHOD", registry.ENTRY_POINT_GROUP)]
-    monkeypatch.setattr(registry, "entry_points", lambda group: found if group == registry.ENTRY_POINT_GROUP else [])
-    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(suite.registry, "entry_points", lambda group: found if group == registry.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(registry.load_entry_points, "loaded", False)
     try:
         assert registry.method("toy") is METHOD
     finally:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import importlib
 import re
-from importlib.metadata import entry_points
 
 from suite.contract import Method, ParamGroup, Trainable
 from suite.models import MODELS, archs
-from suite.registry import Lazy, PluginError, Registry
+from suite.registry import EntryPoints, PluginError, Registry
 
 ENTRY_POINT_GROUP = "suite.methods"
-_entry_points_loaded = False
 
 
 def _is_method(name: str, method: object) -> None:
@@ -28,6 +26,8 @@ def _is_method(name: str, method: object) -> None:
 
 BUILT_IN = ("mbquant", "dedicated", "anyprecision", "adabits", "bitmixer")
 METHODS = Registry("method", {name: f"suite.methods.{name}:METHOD" for name in BUILT_IN}, _is_method)
+
+load_entry_points = EntryPoints(ENTRY_POINT_GROUP, METHODS.register)  # installed methods
 
 
 def register(method: Method) -> Method:
@@ -62,14 +62,6 @@ def load_plugin(module: str) -> Method | None:
     return None
 
 
-def load_entry_points() -> None:
-    """Register every method installed under the ``suite.methods`` entry-point group (once, lazily)."""
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        METHODS.register(ep.name, Lazy(ep.load, f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP})"))
 
 
 def build_trainable(name: str, arch: str, num_classes: int, bits: list[int], options: dict) -> Trainable:

@@ -12,11 +12,10 @@ single-branch builder taking ``num_classes``, ``bits``, ``conv`` and ``norm``).
 """
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from typing import Any, Callable
 
 from suite.contract import SINGLE_BRANCH
-from suite.registry import Lazy, Registry
+from suite.registry import EntryPoints, Lazy, Registry
 
 ENTRY_POINT_GROUP = "suite.models"
 
@@ -29,7 +28,6 @@ def _is_builder(name: str, builder: Any) -> None:
 
 MODELS = Registry("architecture", {}, _is_builder)
 TOPOLOGY: dict[str, tuple[str, str]] = {}  # registered name -> (topology, arch)
-_entry_points_loaded = False
 
 
 def model_name(arch: str, topology: str = SINGLE_BRANCH) -> str:
@@ -65,15 +63,7 @@ for _arch, _target in {  # MBQuant's multi-branch networks
 }.items():
     register_model(_arch, _target, topology="mbquant")
 
-
-def load_entry_points() -> None:
-    """Register every architecture installed under the ``suite.models`` entry-point group (once, lazily)."""
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        register_model(ep.name, Lazy(ep.load, f"entry point {ep.name} = {ep.value} ({ENTRY_POINT_GROUP})"))
+load_entry_points = EntryPoints(ENTRY_POINT_GROUP, register_model)  # installed architectures
 
 
 def archs(topology: str = SINGLE_BRANCH) -> list[str]:
