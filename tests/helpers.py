@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
 
 SHIPPED = Path(__file__).resolve().parents[1]
@@ -52,12 +53,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def join_world(rank: int, world: int, port: int):
-    """This spawned process as rank ``rank`` of a gloo world of ``world`` processes on 127.0.0.1:``port``."""
+@contextmanager
+def joined_world(rank: int, world: int, port: int):
+    """This spawned process as rank ``rank`` of a gloo world of ``world`` processes on 127.0.0.1:``port``, left
+    on the way out: a process that exits with gloo's threads still running can abort after its work is done
+    ("terminate called without an active exception", SIGABRT)."""
     import torch
 
     from suite.distributed import from_environment
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    return from_environment()
+    dist = from_environment()
+    try:
+        yield dist
+    finally:
+        torch.distributed.destroy_process_group()

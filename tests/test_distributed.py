@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from helpers import copy_store, free_port, join_world
+from helpers import copy_store, free_port, joined_world
 from suite.data import DataConfig, build_data
 from suite.distributed import SINGLE
 from suite.methods import mbquant
@@ -43,12 +44,12 @@ def without_augmentation(data):
 
 
 def train(rank: int, world: int, port: int, sync_bn: bool, out: str) -> None:
-    dist = join_world(rank, world, port) if world > 1 else SINGLE
-    data = without_augmentation(build_data(DATA, 32, 0, 50, rank=dist.rank, world_size=dist.world_size))
-    seed_everything(0)
-    trainable = mbquant.build("resnet8", 10, [2, 4], mbquant.Options())
-    result = fit(trainable, data.train, data.val, Recipe(**RECIPE, sync_bn=sync_bn), seed=0,
-                 run_dir=Path(tempfile.mkdtemp()), progress=False, dist=dist, calibration_loader=data.calibration)
+    with joined_world(rank, world, port) if world > 1 else nullcontext(SINGLE) as dist:
+        data = without_augmentation(build_data(DATA, 32, 0, 50, rank=dist.rank, world_size=dist.world_size))
+        seed_everything(0)
+        trainable = mbquant.build("resnet8", 10, [2, 4], mbquant.Options())
+        result = fit(trainable, data.train, data.val, Recipe(**RECIPE, sync_bn=sync_bn), seed=0,
+                     run_dir=Path(tempfile.mkdtemp()), progress=False, dist=dist, calibration_loader=data.calibration)
     if dist.main:
         torch.save(result.history, out)
 
@@ -75,15 +76,15 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, sync_
 
 
 def sharded_evaluation(rank: int, world: int, port: int, out: str) -> None:
-    dist = join_world(rank, world, port)
-    data = build_data(DATA, 32, 0, 16, rank=rank, world_size=world)
-    seed_everything(0)
-    model = mbquant.build("resnet8", 10, [2, 4], mbquant.Options()).model.double()
-    images = data.val.dataset
-    while hasattr(images, "dataset"):
-        images = images.dataset
-    images.images = images.images.double()
-    results = evaluate(model, [2, 4], data.val, torch.device("cpu"), dist)
+    with joined_world(rank, world, port) as dist:
+        data = build_data(DATA, 32, 0, 16, rank=rank, world_size=world)
+        seed_everything(0)
+        model = mbquant.build("resnet8", 10, [2, 4], mbquant.Options()).model.double()
+        images = data.val.dataset
+        while hasattr(images, "dataset"):
+            images = images.dataset
+        images.images = images.images.double()
+        results = evaluate(model, [2, 4], data.val, torch.device("cpu"), dist)
     if dist.main:
         torch.save(results, out)
 

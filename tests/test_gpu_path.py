@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import suite.checkpoints
-from helpers import free_port, join_world
+from helpers import free_port, joined_world
 from suite import interrupts, launch, numerics, rng
 from suite.cli import main
 from suite.data import DataConfig, build_data
@@ -91,15 +91,15 @@ def test_each_rank_resumes_its_own_random_state():
 # -- SyncBN under bf16 autocast ---------------------------------------------------------------------------------
 
 def _bn_under_bf16(rank: int, world: int, port: int, out: str) -> None:
-    dist = join_world(rank, world, port)
-    torch.manual_seed(0)
-    x = torch.randn(8, 4, 5, 5) * 3 + 1
-    bn = sync_batch_norm(nn.Sequential(nn.BatchNorm2d(4)), torch.device("cpu"))[0]
-    assert type(bn) is GlobalBatchNorm2d
-    share = x[rank * 4:(rank + 1) * 4].requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = bn(share.to(torch.bfloat16))
-    y.float().square().sum().backward()
+    with joined_world(rank, world, port) as dist:
+        torch.manual_seed(0)
+        x = torch.randn(8, 4, 5, 5) * 3 + 1
+        bn = sync_batch_norm(nn.Sequential(nn.BatchNorm2d(4)), torch.device("cpu"))[0]
+        assert type(bn) is GlobalBatchNorm2d
+        share = x[rank * 4:(rank + 1) * 4].requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = bn(share.to(torch.bfloat16))
+        y.float().square().sum().backward()
     if dist.main:
         torch.save({"y": y.detach(), "dtype": y.dtype, "running": (bn.running_mean, bn.running_var)}, out)
 
