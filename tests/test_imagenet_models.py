@@ -16,9 +16,9 @@ from suite.layers.branch_selection import depthwise_slices, first_branch
 from suite.layers.multibranch import BOUND_NAMES, MultiBranchConv, MultiBranchDepthwiseConv, SwitchableBatchNorm
 from suite.methods.common import calibrate
 from suite.models import create_model
-from suite.models import mbquant_resnet_imagenet as resnet_module
+from suite.models import mbquant_resnet as resnet_module
 from suite.models.mbquant_mobilenet import MV1_PARTIAL_OUT, load_pretrained_fp, mv1_layers
-from suite.models.mbquant_resnet_imagenet import channel_shuffle
+from suite.models.mbquant_resnet import channel_shuffle
 from suite.layers.quant import quantize_activation, quantize_weight
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
@@ -182,7 +182,7 @@ def test_mobilenet_three_bit_channel_widths(models):
     assert dw_in[0] == 128 and dw_out[0] == 64  # the tiled head; the first dw conv reads branch 0 + 32 partial
     assert dw_out[1:] == dw_in[1:] == pw[:-1]   # a dw conv keeps its input's width
     assert classifier_in == 1024                # the mean of the two 1024-channel chunks
-    assert _widths(model, 4, hooked[:13], x) == [2 * co for _, _, co, _ in mv1_layers()]
+    assert _widths(model, 4, hooked[:13], x) == [2 * p.co for _, p in mv1_layers()]
     assert [model.stage_4_layer_1.body[4].bn[j].num_features for j in range(7)] == [1024, 2048, 2048, 3072, 3072,
                                                                                    4096, 4096]
     # (p_in, p_out) of each block: p_in = the previous block's p_out, 32 for the first.
@@ -196,14 +196,14 @@ def test_mobilenet_three_bit_channel_widths(models):
 def test_mobilenet_2468_widths_and_strides(models):
     model = models("mobilenetv1", "2468")
     names = [f"{n}.body.3" for n, *_ in mv1_layers()]
-    assert [s for *_, s in mv1_layers()] == [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
+    assert [p.stride for _, p in mv1_layers()] == [1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
     # 64x64 input: total stride 32 (as 224 -> 112 (head) -> 56 -> 28 -> 14 -> 7) leaves 2x2 after the last block.
     spatial = {}
     hook = model.stage_4_layer_1.register_forward_hook(lambda m, i, o: spatial.__setitem__("last", o.shape[-1]))
-    assert _widths(model, 2, names, torch.randn(1, 3, 64, 64)) == [co for _, _, co, _ in mv1_layers()]
+    assert _widths(model, 2, names, torch.randn(1, 3, 64, 64)) == [p.co for _, p in mv1_layers()]
     hook.remove()
     assert spatial["last"] == 2
-    assert _widths(model, 6, names, torch.randn(1, 3, SIZE, SIZE)) == [3 * co for _, _, co, _ in mv1_layers()]
+    assert _widths(model, 6, names, torch.randn(1, 3, SIZE, SIZE)) == [3 * p.co for _, p in mv1_layers()]
 
 
 # -- channel shuffle ---------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ def test_shuffle_only_in_downsampling_blocks(models, monkeypatch):
 
     monkeypatch.setattr(resnet_module, "channel_shuffle", recording)
     hooks = [blk.register_forward_pre_hook(lambda m, i, name=name: current.__setitem__("block", name))
-             for name, blk in model.named_modules() if isinstance(blk, resnet_module.BasicBlock)]
+             for name, blk in model.named_modules() if isinstance(blk, resnet_module.MultiBranchBasicBlock)]
     try:
         for b in (2, 4):
             calls.clear()
@@ -544,9 +544,9 @@ def pytorchcv_mobilenet_w1(classes=1000, seed=0):
 
     state["features.init_block.conv.weight"] = torch.randn(32, 3, 3, 3, generator=g)
     bn("features.init_block.bn", 32)
-    for name, ci, co, _ in mv1_layers():
-        s, i = (int(v) for v in name.removeprefix("stage_").split("_layer_"))
-        unit = f"features.stage{s + 1}.unit{i + 1}"
+    for _, place in mv1_layers():
+        ci, co = place.ci, place.co
+        unit = f"features.stage{place.stage + 1}.unit{place.index + 1}"
         state[f"{unit}.dw_conv.conv.weight"] = torch.randn(ci, 1, 3, 3, generator=g)
         bn(f"{unit}.dw_conv.bn", ci)
         state[f"{unit}.pw_conv.conv.weight"] = torch.randn(co, ci, 1, 1, generator=g)

@@ -55,10 +55,10 @@ for _arch, _target in {
 }.items():
     register_model(_arch, _target)
 for _arch, _target in {  # MBQuant's multi-branch networks
-    "resnet20": "suite.models.mbquant_resnet_cifar:mbquant_resnet20",
-    "resnet8": "suite.models.mbquant_resnet_cifar:mbquant_resnet8",
-    "resnet18": "suite.models.mbquant_resnet_imagenet:mbquant_resnet18",  # ImageNet (imagenet-models.md)
-    "resnet34": "suite.models.mbquant_resnet_imagenet:mbquant_resnet34",
+    "resnet20": "suite.models.mbquant_resnet:mbquant_resnet20",
+    "resnet8": "suite.models.mbquant_resnet:mbquant_resnet8",
+    "resnet18": "suite.models.mbquant_resnet:mbquant_resnet18",  # ImageNet (imagenet-models.md)
+    "resnet34": "suite.models.mbquant_resnet:mbquant_resnet34",
     "mobilenetv1": "suite.models.mbquant_mobilenet:mbquant_mobilenetv1",
 }.items():
     register_model(_arch, _target, topology="mbquant")

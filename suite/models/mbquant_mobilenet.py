@@ -10,7 +10,6 @@ shuffle (the release's call is commented out). Rows are offset by ``co`` (aligne
 """
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -19,8 +18,7 @@ from torch import nn
 from suite.layers.multibranch import (
     BOUND_NAMES, MultiBranchConv, MultiBranchDepthwiseConv, SwitchableBatchNorm, bn_sizes, depthwise_bn_sizes,
 )
-from suite.models.base import BitSwitchable
-from suite.models.mobilenet import HEAD_WIDTH, mv1_layers
+from suite.models.mobilenet import HEAD_WIDTH, MobileNetV1, mv1_layers
 
 # Partial outputs of each block's pw conv at 3 bits (the release's ``oneBit``); a block's p_in is the previous
 # block's p_out (HEAD_WIDTH for the first block).
@@ -56,43 +54,25 @@ class DepthwiseSeparable(nn.Module):
         return out
 
 
-class MBQuantMobileNetV1(BitSwitchable):
+class MBQuantMobileNetV1(MobileNetV1):
     def __init__(self, num_classes: int = 1000, *, bits=(2, 4, 6, 8), branches: int = 4,
                  strategy: str = "amortization", release_quirks: bool = True, conv_impl: str = "grouped",
                  pretrained_fp: str | None = None):
-        super().__init__()
-        self.bits, self.branches = list(bits), branches
         dw_kw = dict(branches=branches, strategy=strategy, release_quirks=release_quirks)
         conv_kw = dict(dw_kw, conv_impl=conv_impl, row_offset="co")
-        self.head = nn.Sequential(
-            nn.Conv2d(3, HEAD_WIDTH, 3, 2, 1, bias=False), nn.BatchNorm2d(HEAD_WIDTH), nn.ReLU(inplace=True),
-        )
-        self.block_names = [name for name, *_ in mv1_layers()]
-        p_in = HEAD_WIDTH
-        for (name, ci, co, stride), p_out in zip(mv1_layers(), MV1_PARTIAL_OUT):
-            self.add_module(name, DepthwiseSeparable(
-                ci, co, stride, (p_out, p_in), first=name == self.block_names[0], last=name == self.block_names[-1],
-                dw_kw=dw_kw, conv_kw=conv_kw, branches=branches))
-            p_in = p_out
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(co, num_classes)  # the release ignores num_classes (always 1000); we do not
-        # The release's reset_parameters: N(0, sqrt(2 / (k*k*stored out channels))) on every conv, N(0, 0.01)
-        # on the classifier with zero bias, BN gamma 1 / beta 0 (PyTorch's default).
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, MultiBranchConv, MultiBranchDepthwiseConv)):
-                k = m.weight.shape[2] * m.weight.shape[3]
-                m.weight.data.normal_(0, math.sqrt(2.0 / (k * m.weight.shape[0])))
-        self.classifier.weight.data.normal_(0, 0.01)
-        self.classifier.bias.data.zero_()
+        # A block's p_in is the previous block's p_out (HEAD_WIDTH for the first block).
+        partial = dict(zip((place for _, place in mv1_layers()),
+                           zip(MV1_PARTIAL_OUT, (HEAD_WIDTH, *MV1_PARTIAL_OUT[:-1]))))
+
+        def block(place):
+            return DepthwiseSeparable(place.ci, place.co, place.stride, partial[place], first=place.first,
+                                      last=place.last, dw_kw=dw_kw, conv_kw=conv_kw, branches=branches)
+
+        # The release ignores num_classes (always 1000); we do not.
+        super().__init__(num_classes, bits=bits, block=block, head_copies=branches)
+        self.branches = branches
         if pretrained_fp is not None:
             load_pretrained_fp(self, pretrained_fp)
-        self.set_bits(max(self.bits))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.head(x).tile(1, self.branches, 1, 1)  # as released: G identical copies, branch k reads copy k
-        for name in self.block_names:
-            x = getattr(self, name)(x)
-        return self.classifier(torch.flatten(self.avgpool(x), 1))
 
 
 def mbquant_mobilenetv1(**kwargs) -> MBQuantMobileNetV1:
@@ -110,9 +90,8 @@ def fp_key_map() -> dict[str, str]:
     the two lists by position; pairing by name gives the same pairs and fails loudly on a foreign file."""
     keys = {"head.0.weight": "features.init_block.conv.weight"}
     keys |= {f"head.1.{f}": f"features.init_block.bn.{f}" for f in BN_FIELDS}
-    for name, *_ in mv1_layers():
-        s, i = (int(v) for v in name.removeprefix("stage_").split("_layer_"))
-        unit = f"features.stage{s + 1}.unit{i + 1}"
+    for name, place in mv1_layers():
+        unit = f"features.stage{place.stage + 1}.unit{place.index + 1}"
         for conv, bn, part in (("0", "1", "dw_conv"), ("3", "4", "pw_conv")):
             keys[f"{name}.body.{conv}.weight"] = f"{unit}.{part}.conv.weight"
             keys |= {f"{name}.body.{bn}.{f}": f"{unit}.{part}.bn.{f}" for f in BN_FIELDS}  # per-bit BNs: see below

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from suite.models.mbquant_resnet_cifar import MBQuantResNetCIFAR
 from suite.release.layout import IGNORED_DEFAULTS, is_quantized_conv, release_layout
 from suite.release.names import DDP_PREFIX, RELEASE_MODELS, InteropError, lookup
 
@@ -109,9 +108,9 @@ def export_release_checkpoint(model: nn.Module, path: str | os.PathLike, *, epoc
 
 
 def _guess_model(model: nn.Module) -> str:
-    """CIFAR ResNet-n has n - 2 quantized body convs plus 2 quantized shortcut convs: n in all."""
-    convs = sum(1 for m in model.modules() if is_quantized_conv(m))
-    if isinstance(model, MBQuantResNetCIFAR) and f"resnet{convs}" in RELEASE_MODELS:
-        return f"resnet{convs}"
+    """The released model of a multi-branch network the suite built: its ``arch``, where the release has it."""
+    arch = getattr(model, "arch", "")
+    if arch in RELEASE_MODELS and any(is_quantized_conv(m) for m in model.modules()):
+        return arch
     raise InteropError("cannot tell which released model this is; pass model_name= "
                        f"(one of {', '.join(RELEASE_MODELS)})")
