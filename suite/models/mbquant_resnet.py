@@ -19,6 +19,8 @@ Module names mirror the release's, so state-dict keys do too (CIFAR ``layer2.0.s
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -132,17 +134,8 @@ def mbquant_imagenet_resnet(depth: int = 18, num_classes: int = 1000, *, bits=(2
                   arch=f"resnet{depth}")
 
 
-def mbquant_resnet20(**kwargs) -> ResNet:
-    return mbquant_cifar_resnet(20, **kwargs)
-
-
-def mbquant_resnet8(**kwargs) -> ResNet:
-    return mbquant_cifar_resnet(8, **kwargs)
-
-
-def mbquant_resnet18(**kwargs) -> ResNet:
-    return mbquant_imagenet_resnet(18, **kwargs)
-
-
-def mbquant_resnet34(**kwargs) -> ResNet:
-    return mbquant_imagenet_resnet(34, **kwargs)
+# The registered names (suite/models/__init__.py).
+mbquant_resnet20 = partial(mbquant_cifar_resnet, 20)
+mbquant_resnet8 = partial(mbquant_cifar_resnet, 8)
+mbquant_resnet18 = partial(mbquant_imagenet_resnet, 18)
+mbquant_resnet34 = partial(mbquant_imagenet_resnet, 34)

@@ -10,6 +10,7 @@ multi-branch block (mbquant_resnet.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import torch
@@ -152,17 +153,8 @@ def imagenet_resnet(depth: int, num_classes: int = 1000, *, bits=(2, 4, 6, 8), c
                   block=plain_blocks(conv, norm), arch=f"resnet{depth}")
 
 
-def resnet20(**kwargs) -> ResNet:
-    return cifar_resnet(20, **kwargs)
-
-
-def resnet8(**kwargs) -> ResNet:
-    return cifar_resnet(8, **kwargs)
-
-
-def resnet18(**kwargs) -> ResNet:
-    return imagenet_resnet(18, **kwargs)
-
-
-def resnet34(**kwargs) -> ResNet:
-    return imagenet_resnet(34, **kwargs)
+# The registered names (suite/models/__init__.py).
+resnet20 = partial(cifar_resnet, 20)
+resnet8 = partial(cifar_resnet, 8)
+resnet18 = partial(imagenet_resnet, 18)
+resnet34 = partial(imagenet_resnet, 34)
