@@ -7,13 +7,9 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from helpers import dorefa_trainable
 from suite import interrupts
-from suite.layers.dorefa import DoReFaConv
-from suite.layers.norms import PerBitBatchNorm
-from suite.losses import labels_only
-from suite.methods import Method, Trainable
-from suite.methods.common import weight_groups
-from suite.models import create_model
+from suite.methods import Method
 
 WAIT_S = 300  # a signal that never comes fails the run instead of hanging the test
 
@@ -40,10 +36,7 @@ def wait_for_a_stop(options: HeldOptions, epoch: int, epochs: int) -> None:
 def waiting_method(name: str, options_type, wait) -> Method:
     """A DoReFa method named ``name`` whose every epoch starts with ``wait(options, epoch, epochs)``."""
     def build(arch, num_classes, bits, options):
-        model = create_model(arch, num_classes=num_classes, bits=bits, conv=DoReFaConv,
-                             norm=partial(PerBitBatchNorm, bits=bits))
-        return Trainable(model, list(bits), labels_only, partial(weight_groups, model),
-                         on_epoch_start=partial(wait, options))
+        return dorefa_trainable(arch, num_classes, bits, on_epoch_start=partial(wait, options))
     return Method(name, options_type, build)
 
 

@@ -69,3 +69,26 @@ def joined_world(rank: int, world: int, port: int):
         yield dist
     finally:
         torch.distributed.destroy_process_group()
+
+
+def dorefa_model(arch: str, num_classes: int, bits):
+    """A single-branch ``arch`` with DoReFa convs and per-bit BNs: what the test plugin methods train."""
+    from functools import partial
+
+    from suite.layers.dorefa import DoReFaConv
+    from suite.layers.norms import PerBitBatchNorm
+    from suite.models import create_model
+    return create_model(arch, num_classes=num_classes, bits=bits, conv=DoReFaConv,
+                        norm=partial(PerBitBatchNorm, bits=bits))
+
+
+def dorefa_trainable(arch: str, num_classes: int, bits, **hooks):
+    """``dorefa_model`` as a Trainable (labels-only loss, one weight group), with ``hooks`` such as
+    ``on_epoch_start``."""
+    from functools import partial
+
+    from suite.contract import Trainable
+    from suite.losses import labels_only
+    from suite.methods.common import weight_groups
+    model = dorefa_model(arch, num_classes, bits)
+    return Trainable(model, list(bits), labels_only, partial(weight_groups, model), **hooks)

@@ -5,26 +5,20 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, fields, replace
-from functools import partial
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from helpers import copy_store, tiny_manifest
+from helpers import copy_store, dorefa_trainable, tiny_manifest
 from suite import interrupts, launch
 from suite._cli.run import RunOptions
 from suite.cli import main, parse
 from suite.cluster import ClusterSpec
 from suite.launch import jobs_for, submit_to_slurm
 from suite.manifest import load_manifest
-from suite.layers.norms import PerBitBatchNorm
-from suite.losses import labels_only
-from suite.methods import Method, Trainable
-from suite.methods.common import weight_groups
-from suite.models import create_model
-from suite.layers.dorefa import DoReFaConv
+from suite.methods import Method
 from suite.tracking import series_key, tracking_uri
 
 TESTS = Path(__file__).resolve().parent
@@ -56,8 +50,7 @@ def build_flaky(arch, num_classes, bits, options):
     if not Path(options.marker).exists():
         Path(options.marker).touch()
         raise RuntimeError("the planned failure of a flaky job")
-    model = create_model(arch, num_classes=num_classes, bits=bits, conv=DoReFaConv, norm=partial(PerBitBatchNorm, bits=bits))
-    return Trainable(model, list(bits), labels_only, partial(weight_groups, model))
+    return dorefa_trainable(arch, num_classes, bits)
 
 
 METHOD = Method("flaky", FlakyOptions, build_flaky)

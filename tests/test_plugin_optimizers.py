@@ -1,17 +1,14 @@
 """A method's optimiser and learning-rate schedule are its own behaviour: a plugin method trains with AdamW and a
 linear warm-up into a cosine, through the unchanged trainer; the built-ins keep SGD / Adam and the cosine."""
 import math
-from functools import partial
 
 import torch
 
+from helpers import dorefa_model
 from suite.contract import ParamGroup
 from suite.data import DataConfig, build_data
-from suite.layers.dorefa import DoReFaConv
-from suite.layers.norms import PerBitBatchNorm
 from suite.losses import labels_only
 from suite.methods import Trainable, method
-from suite.models import create_model
 from suite.trainer import Recipe, fit
 
 WARMUP, EPOCHS, LR = 2, 4, 0.01
@@ -26,8 +23,7 @@ def warmup_cosine(epoch: int) -> float:
 
 def build(arch, num_classes, bits, seen_lrs):
     """What a plugin method's ``build`` hands the trainer (``seen_lrs`` records each epoch's optimiser and rate)."""
-    model = create_model(arch, num_classes=num_classes, bits=bits, conv=DoReFaConv,
-                         norm=partial(PerBitBatchNorm, bits=bits))
+    model = dorefa_model(arch, num_classes, bits)
     made: list[torch.optim.Optimizer] = []
 
     def adamw(groups: list[ParamGroup]) -> list[torch.optim.Optimizer]:
