@@ -8,7 +8,7 @@
         against: [dedicated]
       - check: switching_error_below     # its switching error (quant_error's `measure`) < each `against` arm's,
         against: [anyprecision, adabits] # at every bit-width below the largest
-        measure: bn_drift                # one of suite.records.QERR_KINDS
+        measure: bn_drift                # one of quant_error's kinds (suite.analyses)
         arm: mbquant-clean               # made by another arm than the headline
         tolerance: 0.01                  # absolute, in the measure's units
       - check: top1_not_below            # paired over seeds, its top-1 minus each other arm's: the 95 % interval
@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from suite.records import QERR_KINDS
+from suite.analyses import QUANT_ERROR
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "fails", "inconclusive"
 CHECKS = {  # what each check asserts of the headline arm, as the report words it
@@ -51,7 +51,7 @@ class Claim(BaseModel):
     arm: str | None = Field(None, description="the arm that makes the claim (default: the manifest's headline)")
     against: list[str] = Field(default_factory=list, description="arms compared with the headline (default: every "
                                                                   "other arm)")
-    measure: Literal[QERR_KINDS] = Field("weight", description="switching_error_below: the quant_error measure")
+    measure: Literal[QUANT_ERROR.kinds] = Field("weight", description="switching_error_below: the quant_error measure")
     tolerance: float = Field(0.0, ge=0, allow_inf_nan=False,
                              description="storage, BitOPs: relative; switching error: absolute; top-1: points")
     bits: list[StrictInt] | None = Field(None, min_length=1, description="top1_not_below: the bit-widths checked "

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from suite.records import QERR_KINDS, RUN_COLUMNS
+from suite.analyses import run_columns
+from suite.records import RUN_COLUMNS
 from suite.tracking import TAG_KIND, series_key, tracking_uri
 
-# Columns ``load_runs`` adds to records.RUN_COLUMNS: the run an (arm, seed) row's numbers were trained by.
+# Columns ``load_runs`` adds to records.RUN_COLUMNS and the analyses' columns: the run an (arm, seed) row's numbers were trained by.
 EXTRA_RUN_COLUMNS = ["pipeline_check", "reused_from"]
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 CHILD_KINDS = ("arm-run", "cost-run")
@@ -70,7 +71,7 @@ def load_runs(results_dir: Path) -> pd.DataFrame:
     Per (manifest, profile, arm, seed) only the newest run is kept, so changing a manifest and re-running
     does not mix old and new numbers.
     """
-    rows = []
+    rows, analysis_columns = [], run_columns()
     for run in _search(results_dir, "arm-run", finished_only=True):
         t, m = run.data.tags, run.data.metrics
         for b in _bits(t):
@@ -78,12 +79,12 @@ def load_runs(results_dir: Path) -> pd.DataFrame:
                 **_section_fields(t), **_arm_fields(run), "manifest_version": int(t["suite.manifest_version"]),
                 "bits": b, "top1": m.get(f"final_top1_b{b}"), "top5": m.get(f"final_top5_b{b}"),
                 "storage_mib": m.get("storage_mib"), "bitops": m.get(f"bitops_b{b}"),
-                **{f"qerr_{k}": m.get(f"qerr_{k}_b{b}") for k in QERR_KINDS},
+                **{column: m.get(f"{column}_b{b}") for column in analysis_columns},
                 "dataset": t["suite.dataset"], "manifest_hash": t["suite.manifest_hash"], "setup": t.get("suite.setup"),
                 "tolerance": float(t["suite.tolerance"]) if t.get("suite.tolerance") else float("nan"),
                 "_start": run.info.start_time,
             })
-    df = pd.DataFrame(rows, columns=RUN_COLUMNS + EXTRA_RUN_COLUMNS + ["_start"])
+    df = pd.DataFrame(rows, columns=RUN_COLUMNS + analysis_columns + EXTRA_RUN_COLUMNS + ["_start"])
     if df.empty:
         return df.drop(columns="_start")
     newest = df.groupby(["manifest", "profile", "arm", "seed"])["_start"].transform("max")

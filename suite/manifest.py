@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError, field_validator, \
     model_validator
 
+from suite.analyses import ANALYSES
 from suite.claims import Claim
 from suite.cluster import ClusterSpec
 from suite.data import LOADER_ONLY, PIPELINE_VERSION, DataConfig
@@ -77,6 +78,19 @@ def _identifier(value: str) -> str:
 
 # Becomes a file name, an MLflow experiment or metric name, or a tag: checked before anything opens.
 Identifier = Annotated[str, AfterValidator(_identifier)]
+
+
+def _registered(registry):
+    """A validator of names ``registry`` holds, importing nothing they name."""
+    def check(name: str) -> str:
+        try:
+            return registry.known(name)
+        except ValueError as err:
+            raise PydanticCustomError("registered", str(err)) from None
+    return check
+
+
+AnalysisName = Annotated[str, AfterValidator(_registered(ANALYSES))]
 
 
 class PaperReference(_Strict):
@@ -145,9 +159,9 @@ class Manifest(_Strict):
     method: MethodSpec
     recipe: Recipe
     seeds: list[Seed] = Field(min_length=1)
-    analyses: list[Literal["quant_error"]] = Field(
+    analyses: list[AnalysisName] = Field(
         default_factory=list, description="measurements on each trained model (its best checkpoint), logged to "
-        "the run; quant_error: weight / activation switching error per layer and bit-width")
+        "the run (suite.analyses); quant_error: weight / activation switching error per layer and bit-width")
     arms: list[Arm] = Field(default_factory=list)
     profiles: dict[Identifier, dict[str, Any]] = Field(default_factory=dict)
     tolerance: float | None = Field(None, description="top-1 points within which a reproduction agrees with the paper")

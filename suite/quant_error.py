@@ -36,7 +36,7 @@ from torch import nn
 
 from suite.layers.base import QuantizedLayer
 
-# Column of the per-layer table -> its kind in the logged metrics (``qerr_{kind}_b{b}``, suite.records).
+# Column of the per-layer table -> its kind in the logged metrics (``qerr_{kind}_b{b}``, suite.analyses).
 KINDS = {"weight_error": "weight", "weight_datapath_error": "weight_datapath", "activation_error": "act",
          "output_drift": "drift", "bn_drift": "bn_drift"}
 COLUMNS = ["layer", "depth", "bits", *KINDS]
@@ -148,6 +148,12 @@ def measure_switching_error(model: nn.Module, bits: list[int], batch: torch.Tens
         if saved_current is not None:
             model.current = saved_current
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def measure(model: nn.Module, bits: list[int], batch: torch.Tensor) -> tuple[dict[str, float], pd.DataFrame]:
+    """The quant_error analysis (suite.analyses): the per-bit means and the per-layer table."""
+    table = measure_switching_error(model, bits, batch)
+    return summarize(table), table
 
 
 def summarize(table: pd.DataFrame) -> dict[str, float]:

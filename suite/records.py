@@ -3,12 +3,11 @@ the scale label of a profile, the final metrics' names, and the columns of the r
 from __future__ import annotations
 
 PAPER_PROFILE = "paper"
-# Per-bit means of the quant_error analysis (suite.quant_error.KINDS, and the logits' drift).
-QERR_KINDS = ("weight", "weight_datapath", "act", "drift", "bn_drift", "logits")
-# The runs table: one row per (finished run, evaluated bit-width), as ``tracking.load_runs`` returns it.
+# The runs table: one row per (finished run, evaluated bit-width), as ``collect.load_runs`` returns it; the
+# registered analyses' columns follow these (suite.analyses.run_columns).
 RUN_COLUMNS = ["manifest", "manifest_version", "title", "paper_ref", "paper_verified", "profile", "arm", "method",
                "seed", "bits", "top1", "top5", "dataset", "model", "run_id", "manifest_hash", "setup",
-               "tolerance", "storage_mib", "bitops"] + [f"qerr_{k}" for k in QERR_KINDS]
+               "tolerance", "storage_mib", "bitops"]
 
 
 def scale_label(profile: str) -> str:

@@ -1,7 +1,7 @@
 """A name -> object registry whose entries may be imported on first use (``"package.module:attr"``).
 
-The suite's methods and architectures are registered this way, so importing a registry imports none of them,
-and a broken one breaks only its own lookup. Plugins (``--plugin``, entry points) go through the same
+The suite's methods, architectures, tasks and analyses are registered this way, so importing a registry imports
+none of them, and a broken one breaks only its own lookup. Plugins (``--plugin``, entry points) go through the same
 ``register``; a different object under a taken name is an error.
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ class Lazy:
 
 
 class Registry(MutableMapping):
-    """Names -> objects of one kind (``what``: "method", "architecture"); ``check(name, obj)`` raises ValueError
-    for an object that cannot be registered under ``name``. Iterating and ``in`` import nothing."""
+    """Names -> objects of one kind (``what``: "method", "architecture", "task", "analysis"); ``check(name, obj)``
+    raises ValueError for an object that cannot be registered under ``name``. Iterating and ``in`` import nothing."""
 
     def __init__(self, what: str, builtins: dict[str, str], check: Callable[[str, Any], None]):
         self.what, self._check = what, check
@@ -71,6 +71,13 @@ class Registry(MutableMapping):
             self._resolve(name, entry)
         self._entries[name] = entry
         return entry
+
+    def known(self, name: str) -> str:
+        """``name`` if it is registered (importing nothing: a manifest is checked this way), else a ValueError
+        naming the registered ones."""
+        if name not in self._entries:
+            raise ValueError(f"unknown {self.what} {name!r}; known: {', '.join(sorted(self._entries))}")
+        return name
 
     def loaded(self) -> dict[str, Any]:
         """The entries imported so far (nothing is imported to answer)."""

@@ -19,6 +19,7 @@ import torch
 import yaml
 from filelock import FileLock, Timeout
 
+from suite.analyses import analysis, metric_prefixes
 from suite.checkpoints import CheckpointSeries, sha256_file
 from suite.costs import measure_cost
 from suite.data import build_data, num_classes
@@ -27,17 +28,13 @@ from suite.evaluate import format_results
 from suite.manifest import LoadedManifest, Manifest, ManifestError, ResolvedArm, flatten
 from suite.methods import Trainable, build_trainable, method as registered_method
 from suite.plots import training_curves_figure
-from suite.quant_error import measure_switching_error, summarize
 from suite import run_pages
-from suite.records import QERR_KINDS, final_metrics, scale_label
+from suite.records import final_metrics, scale_label
 from suite.release import load_release_checkpoint, mapping_table, setting_of
 from suite.titles import experiment_name, honest_title, invocation_name, setup_name
 from suite.tracking import TAG_KIND, Tracker, environment_tags, git_state, series_key
 from suite.trainer import Expected, evaluate, fit, resolve_device, seed_everything
 from suite.ui_view import VIEW_TAG, runs_view
-
-ANALYSIS_METRIC_PREFIXES = ("qerr_",)  # metrics an ``analyses`` entry logs (suite.quant_error)
-
 
 def configured_trainable(cfg: Manifest, classes: int) -> Trainable:
     """The configured method on the configured model."""
@@ -259,7 +256,7 @@ def _train_locked(inv: Invocation, arm: ResolvedArm, seed: int, run_dir: Path) -
         else:
             previous = tracker.original(previous)
             # Analysis results belong to the manifest that asked for them: the record carries training results only.
-            metrics = {k: v for k, v in previous.data.metrics.items() if not k.startswith(ANALYSIS_METRIC_PREFIXES)}
+            metrics = {k: v for k, v in previous.data.metrics.items() if not k.startswith(metric_prefixes())}
             record = tracker.record_reuse(previous, inv.experiment, inv.parent, name, inv.arm_tags(arm, seed), metrics)
             echo(f"  {name}: identical to a run of {previous.data.tags.get('suite.manifest')} "
                  f"that finished earlier (run {previous.info.run_id}): its results are reused")
@@ -315,11 +312,11 @@ def _write_run_artifacts(folder: Path, arm: ResolvedArm, seed: int, result) -> N
 
 
 def _run_analyses(inv: Invocation, run_id: str, metrics: dict, arm: ResolvedArm, seed: int, run_dir: Path) -> None:
-    """The manifest's ``analyses`` on the run's best checkpoint, logged to the run (once)."""
+    """The manifest's ``analyses`` (suite.analyses) on the run's best checkpoint, logged to the run once (again
+    where an older version logged fewer kinds than it measures now)."""
     cfg = arm.config
-    # Once per run; again where an older analysis logged fewer kinds than it measures now.
-    done = all(any(k.startswith(f"qerr_{kind}_b") for k in metrics) for kind in QERR_KINDS)
-    if "quant_error" not in cfg.analyses or done:
+    pending = [spec for spec in map(analysis, cfg.analyses) if not spec.measured(metrics)]
+    if not pending:
         return
     data = build_data(cfg.data, cfg.recipe.batch_size, seed, cfg.recipe.eval_batch_size)
     model = configured_trainable(cfg, data.num_classes).model
@@ -327,16 +324,18 @@ def _run_analyses(inv: Invocation, run_id: str, metrics: dict, arm: ResolvedArm,
     found = next(filter(None, (CheckpointSeries(run_dir, name, warn=inv.echo).latest(check=fits)
                                for name in ("best", "last"))), None)
     if found is None:
-        inv.echo(f"    quant_error: no readable checkpoint under {run_dir}; analysis not run")
+        inv.echo(f"    {', '.join(spec.name for spec in pending)}: no readable checkpoint under {run_dir}; "
+                 f"analysis not run")
         return
     saved, checkpoint = found
     model.load_state_dict(saved["model"])
     x, _ = next(iter(data.val))  # the first validation batch: deterministic, no augmentation
-    table = measure_switching_error(model, cfg.method.bits, x)
-    inv.tracker.log_metrics(run_id, summarize(table), 0)
-    with inv.tracker.artifact_dir(run_id) as tmp:
-        table.to_csv(tmp / "quant_error.csv", index=False)
-    inv.echo(f"    quant_error: {len(table)} rows logged ({checkpoint.name})")
+    for spec in pending:
+        measured, table = spec.measure(model, cfg.method.bits, x)
+        inv.tracker.log_metrics(run_id, measured, 0)
+        with inv.tracker.artifact_dir(run_id) as tmp:
+            table.to_csv(tmp / f"{spec.name}.csv", index=False)
+        inv.echo(f"    {spec.name}: {len(table)} rows logged ({checkpoint.name})")
 
 
 def _final_rows(arm: ResolvedArm, seed: int, metrics: dict) -> list[dict]:

@@ -7,10 +7,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import EXPERIMENTS, copy_store
+from suite.analyses import QUANT_ERROR
 from suite.cli import main
 from suite.report import count_pdf_pages
 from suite.manifest import load_manifest
-from suite.records import QERR_KINDS
 from suite.titles import experiment_name
 from suite.tracking import series_key, tracking_uri
 
@@ -166,7 +166,7 @@ def test_quant_error_analysis_runs_on_reused_and_new_checkpoints(table7_store, t
     assert {r.data.tags["suite.arm"] for r in runs} == {"mbquant", "mbquant-clean", "anyprecision", "adabits"}
     for run in runs:
         assert 0 <= run.data.metrics["qerr_logits_b2"] < float("inf")
-        assert {f"qerr_{kind}_b4" for kind in QERR_KINDS} <= run.data.metrics.keys()
+        assert {f"qerr_{kind}_b4" for kind in QUANT_ERROR.kinds} <= run.data.metrics.keys()
         assert "quant_error.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
     # Table 3's mbquant run was last reused by Fig. 3: Table 7 names and points at the run that trained.
     assert "mbquant seed 0: identical to a run of table3_cifar100_resnet20_2468" in out

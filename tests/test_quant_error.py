@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from suite.analyses import QUANT_ERROR
 from suite.layers.multibranch import MultiBranchConv
 from suite.methods import adabits, anyprecision, mbquant
-from suite.records import QERR_KINDS
 from suite.quant_error import KINDS, measure_switching_error, summarize
 
 BITS = [2, 4, 6, 8]
@@ -155,4 +155,4 @@ def test_release_weight_columns_part_exactly_on_the_misaligned_convs(mb_release,
 
 
 def test_every_measured_kind_is_a_logged_kind():
-    assert set(KINDS.values()) | {"logits"} == set(QERR_KINDS)
+    assert set(KINDS.values()) | {"logits"} == set(QUANT_ERROR.kinds)

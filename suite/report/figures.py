@@ -13,6 +13,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.transforms import offset_copy
 
+from suite.analyses import QUANT_ERROR
 from suite.plots import Style, arm_styles
 from suite.records import PAPER_PROFILE
 from suite.report.layout import new_page
@@ -268,15 +269,18 @@ def cost_figure(section: Section) -> Figure:
 
 # --------------------------------------------------------------------------------------- quantization error
 
-QERR_PANELS = {  # every suite.records.QERR_KINDS, in reading order: weights, inputs, outputs (raw, after BN), logits
-    "qerr_weight": "weight switching error (same stored rows)",
-    "qerr_weight_datapath": "weight switching error (same data-path position)",
-    "qerr_act": "activation switching error (same input)", "qerr_drift": "accumulated drift of layer outputs",
-    "qerr_bn_drift": "drift after each layer's BN (scale-invariant)", "qerr_logits": "drift of the logits"}
+# Every kind of the quant_error analysis (suite.analyses), in reading order: weights, inputs, outputs (raw, after
+# BN), logits.
+QERR_PANELS = {
+    "weight": "weight switching error (same stored rows)",
+    "weight_datapath": "weight switching error (same data-path position)",
+    "act": "activation switching error (same input)", "drift": "accumulated drift of layer outputs",
+    "bn_drift": "drift after each layer's BN (scale-invariant)", "logits": "drift of the logits"}
 
 
 def has_quant_error(runs: pd.DataFrame) -> bool:
-    return "qerr_weight" in runs and runs["qerr_weight"].notna().any()
+    column = QUANT_ERROR.columns[0]
+    return column in runs and runs[column].notna().any()
 
 
 def quant_error_figure(section: Section) -> Figure:
@@ -292,7 +296,8 @@ def quant_error_figure(section: Section) -> Figure:
     page = new_page(section.heading, section.subheading + " · quantization error when switching bit-width",
                     caption, axes=True)
     axes = page.fig.subplots(3, 2).ravel()
-    for i, (ax, (column, title)) in enumerate(zip(axes, QERR_PANELS.items())):
+    for i, (ax, (kind, title)) in enumerate(zip(axes, QERR_PANELS.items())):
+        column = QUANT_ERROR.prefix + kind
         data = runs.dropna(subset=[column])
         bits = sorted(int(b) for b in data["bits"].unique())
         for arm in section.arms:
