@@ -21,7 +21,8 @@ from suite.analyses import run_columns
 from suite.records import RUN_COLUMNS
 from suite.tracking import TAG_KIND, series_key, tracking_uri
 
-# Columns ``load_runs`` adds to records.RUN_COLUMNS and the analyses' columns: the run an (arm, seed) row's numbers were trained by.
+# Columns ``load_runs`` adds to records.RUN_COLUMNS and the analyses' columns: the run an (arm, seed) row's numbers
+# were trained by.
 EXTRA_RUN_COLUMNS = ["pipeline_check", "reused_from"]
 PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 CHILD_KINDS = ("arm-run", "cost-run")

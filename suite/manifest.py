@@ -17,7 +17,7 @@ import shlex
 import typing
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
 from pydantic_core import PydanticCustomError
@@ -33,6 +33,7 @@ from suite.manifest_file import MAX_DEPTH, ManifestError, load_yaml, read_manife
 from suite.paths import identifier_problem, inside
 from suite.methods import method as registered_method, supported_archs
 from suite.recipe import ADDED_LATER, Recipe
+from suite.tasks import TASKS
 
 MAX_SEED = 2**31 - 1
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
@@ -90,6 +91,7 @@ def _registered(registry):
     return check
 
 
+TaskName = Annotated[str, AfterValidator(_registered(TASKS))]
 AnalysisName = Annotated[str, AfterValidator(_registered(ANALYSES))]
 
 
@@ -147,9 +149,10 @@ class Manifest(_Strict):
                                 "results, each with its verdict in the report (suite.claims)")
     headline: Identifier | None = Field(None, description="the arm that difference panels and claim checks set against "
                                  "every other (default: the first MBQuant arm, else the first arm)")
-    task: Literal["train", "costs", "evaluate"] = Field(
+    task: TaskName = Field(
         "train", description="train: every (arm, seed) through the trainer; costs: storage and BitOPs of every "
-        "arm's model, measured without training or data; evaluate: a released checkpoint at every bit-width")
+        "arm's model, measured without training or data; evaluate: a released checkpoint at every bit-width "
+        "(suite.tasks)")
     experiment: Identifier | None = Field(None, description="MLflow experiment of the runs (default: the manifest name; a "
                                             "profile that stands in for the paper's setting: one named by what ran)")
     checkpoint: CheckpointSpec | None = None

@@ -1,5 +1,5 @@
-"""Dependencies point one way (layers -> models -> methods -> trainer -> runner -> launch -> cli), checked on the real import
-graph."""
+"""Dependencies point one way (layers -> models -> methods -> trainer -> lifecycle -> tasks -> runner -> launch -> cli),
+checked on the real import graph."""
 import ast
 import subprocess
 import sys
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "suite"
+TASK_MODULES = ("suite.tasks.train", "suite.tasks.costs", "suite.tasks.evaluate")  # not the registry, nor its base
 
 
 def loaded_after_import(module: str, prefix: str = "suite") -> set[str]:
@@ -23,12 +24,23 @@ def loaded_after_import(module: str, prefix: str = "suite") -> set[str]:
     ("suite.models", ("suite.models.",)),  # the registry imports an architecture on first use only
     ("suite.methods", ("suite.trainer", "suite.runner", "suite.methods.", "suite.models.")),
     ("suite.contract", ("suite.methods", "suite.models")),
-    ("suite.trainer", ("suite.runner", "suite.tracking", "suite.manifest", "suite.methods", "suite.models")),
+    ("suite.trainer", ("suite.runner", "suite.tracking", "suite.manifest", "suite.methods", "suite.models",
+                       "suite.lifecycle", "suite.invocation", "suite.tasks")),
+    ("suite.invocation", ("suite.lifecycle", *TASK_MODULES, "suite.runner", "suite.report")),
+    ("suite.lifecycle", (*TASK_MODULES, "suite.runner", "suite.report")),
+    ("suite.tasks.train", ("suite.runner", "suite.report")),
     ("suite.runner", ("suite.report",)),
 ])
 def test_importing_a_layer_loads_nothing_above_it(module, forbidden):
     loaded = loaded_after_import(module)
     assert not {m for m in loaded if m.startswith(forbidden)}, loaded
+
+
+@pytest.mark.parametrize("registry", ["suite.tasks", "suite.analyses"])
+def test_the_task_and_analysis_registries_load_no_torch_mlflow_or_entry(registry):
+    """A manifest checks its task and analyses by name: that loads none of them, nor what they need."""
+    loaded = loaded_after_import(registry, "")
+    assert not {m for m in loaded if m.startswith(("torch", "mlflow", "suite.quant_error", *TASK_MODULES))}, loaded
 
 
 def test_a_broken_method_breaks_only_its_own_lookup():

@@ -7,7 +7,7 @@ under DDP (docs/spec/reference-checkpoint.md). ``names``: the release's models, 
 ``export``: write a suite model back in the release's format (import -> export is an exact round trip).
 
 The package depends only on torch, numpy and the suite's layers, models, checkpoints and data; evaluating a
-checkpoint as a tracked run is the evaluate task's job (``suite.evaluate``).
+checkpoint as a tracked run is the evaluate task's job (``suite.tasks.evaluate``, its manifest ``suite.evaluate``).
 """
 from suite.release.export import export_release_checkpoint, release_state_dict
 from suite.release.layout import ReleaseEntry, mapping_table, release_layout
