@@ -42,7 +42,7 @@ class Train:
         the other ranks join it."""
         run_dir = arm.run_dir(inv.results_dir, seed)
         if not inv.dist.main:
-            if inv.dist.from_main(None):
+            if inv.dist.from_main(None):  # rank 0's answer, sent from its claimed_run
                 _fit(inv, arm, seed, run_dir)
             return []
         with claimed_run(inv, self, arm, seed, arm.run_key(seed), run_dir / "run.lock") as claim:
