@@ -163,6 +163,16 @@ def failure_reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:200]}"
 
 
+# A write that lost a race with an identical one: MLflow sets an experiment tag by a read, then an insert, so two
+# processes setting the same new tag at once (jobs of one experiment starting together) make the second insert
+# break the key's uniqueness. The row exists then, and writing again updates it.
+LOST_RACE = re.compile(r"UNIQUE constraint failed|duplicate key value violates unique constraint|IntegrityError")
+
+
+def lost_race(err: BaseException) -> bool:
+    return getattr(err, "error_code", None) == "BAD_REQUEST" and bool(LOST_RACE.search(str(err)))
+
+
 class GuardedClient:
     """An MlflowClient whose store failures are StoreErrors, one line naming the store and the call: a remote store
     that fails, or a SQLite store whose disk is full (naming the free space).
@@ -200,7 +210,7 @@ class GuardedClient:
         if self.local is not None:
             full = disk_full(err, self.local)
             return f"the tracking store {self.uri} failed ({call}): {full.strerror}" if full else None
-        if isinstance(err, RestException) and err.error_code in ANSWERS:
+        if isinstance(err, RestException) and (err.error_code in ANSWERS or lost_race(err)):
             return None
         if not isinstance(err, (MlflowException, RequestException)):
             return None
@@ -313,8 +323,7 @@ class Tracker:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             if not set(EXPERIMENT_KIND) <= set(exp.tags):  # created by an earlier version of the suite
-                for key, value in EXPERIMENT_KIND.items():
-                    self.client.set_experiment_tag(exp.experiment_id, key, value)
+                self.set_experiment_tags(exp.experiment_id, EXPERIMENT_KIND)
             return exp.experiment_id
         location = None
         if self.uri.startswith("sqlite:"):  # keep artifacts beside the store, not in the working directory
@@ -446,8 +455,14 @@ class Tracker:
         self.finish(run_id)
 
     def set_experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
+        """Set ``tags`` on the experiment, which other processes may be tagging at the same moment."""
         for k, v in tags.items():
-            self.client.set_experiment_tag(experiment_id, k, str(v))
+            try:
+                self.client.set_experiment_tag(experiment_id, k, str(v))
+            except Exception as err:
+                if not lost_race(err):
+                    raise
+                self.client.set_experiment_tag(experiment_id, k, str(v))
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():

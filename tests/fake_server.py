@@ -2,8 +2,9 @@
 
 ``mode`` says how it answers, and may change while it serves: ``mlflow`` (an empty JSON object, which MLflow's
 client reads as an empty answer: enough for a search), ``503`` (with a Retry-After of ten minutes), ``hang`` (no
-answer until the server stops), ``404`` (an HTML page) or ``html`` (200 with an HTML page). ``/health`` always
-answers OK, as a server whose API alone fails does.
+answer until the server stops), ``404`` (an HTML page), ``html`` (200 with an HTML page) or ``tag-race`` (like
+``mlflow``, but its first experiment-tag write answers what a SQL store answers when another client inserted the
+same tag at that moment). ``/health`` always answers OK, as a server whose API alone fails does.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 PAGE = b"<html><body>this is not an MLflow tracking server</body></html>"
+LOST_TAG_RACE = (b'{"error_code": "BAD_REQUEST", "message": "(sqlite3.IntegrityError) UNIQUE constraint failed: '
+                 b'experiment_tags.key, experiment_tags.experiment_id"}')
 
 
 class FakeServer(ThreadingHTTPServer):
@@ -21,6 +24,7 @@ class FakeServer(ThreadingHTTPServer):
     def __init__(self, mode: str):
         super().__init__(("127.0.0.1", 0), Handler)
         self.mode, self.stopping, self.requests = mode, threading.Event(), 0
+        self.tag_writes = 0
 
     @property
     def uri(self) -> str:
@@ -46,6 +50,12 @@ class Handler(BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.requests += 1
         mode = self.server.mode
+        if "set-experiment-tag" in self.path:
+            self.server.tag_writes += 1
+            if mode == "tag-race" and self.server.tag_writes == 1:
+                return self.answer(400, LOST_TAG_RACE)
+        if mode == "tag-race":
+            mode = "mlflow"
         if self.path == "/health" or mode == "mlflow":
             self.answer(200, b"{}" if mode == "mlflow" else b"OK")
         elif mode == "503":

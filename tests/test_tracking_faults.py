@@ -142,3 +142,31 @@ def test_creating_an_experiment_another_process_just_created_reads_it(results_di
 
     monkeypatch.setattr(tracker.client, "get_experiment_by_name", raced)
     assert tracker.experiment_id("raced") == other.experiment_id("raced")
+
+
+def test_an_experiment_tag_another_process_set_at_the_same_moment_is_written_again(results_dir, monkeypatch):
+    """The genuine error of MLflow's SQL store: the other process's row is inserted between our read and insert."""
+    from mlflow.store.tracking.dbmodels.models import SqlExperimentTag
+
+    tracker, other = Tracker(results_dir), Tracker(results_dir)
+    experiment = tracker.experiment_id("tagged")
+    write = tracker.client.client.set_experiment_tag
+
+    def raced(experiment_id, key, value):  # the other process wins; our insert then breaks the key's uniqueness
+        monkeypatch.setattr(tracker.client.client, "set_experiment_tag", write)
+        other.set_experiment_tags(experiment_id, {key: "theirs"})
+        store = tracker.client.client._tracking_client.store
+        with store.ManagedSessionMaker(read_only=False) as session:
+            session.add(SqlExperimentTag(experiment_id=int(experiment_id), key=key, value=value))
+
+    monkeypatch.setattr(tracker.client.client, "set_experiment_tag", raced)
+    tracker.set_experiment_tags(experiment, {"suite.note": "ours"})
+    assert tracker.client.client.get_experiment(experiment).tags["suite.note"] == "ours"
+
+
+def test_a_server_answering_a_lost_tag_race_is_written_again_not_reported_as_failed(tmp_path):
+    with fake_server("tag-race") as server:
+        tracker = Tracker(tmp_path / "results", server.uri)
+        tracker.set_experiment_tags("1", {"suite.note": "ours"})
+        assert server.tag_writes == 2 and tracker.client.failed is None
+        tracker.set_tags("run", {"a": "b"})  # the client still works
