@@ -1,9 +1,11 @@
 """MBQuant's layers: G weight branches, always 2-bit, in one stored weight; one BN per bit-width.
 
 A b-bit forward runs the branches ``branch_selection`` picks (b/2 of them; at 3 bits branch 0 plus the partial
-branch) with 2-bit weights and b-bit input activations, so it costs (b/2) * 2 * b = b*b BitOPs per MAC:
-exactly one b-bit network. ``release_quirks`` reproduces the authors' released implementation (weight bounds
-initialised from output filter *s* of the whole stored weight, bounds indexed by slot); docs/spec/mbquant.md.
+branch) with 2-bit weights and b-bit input activations, so a conv costs (b/2) * 2 * b = b*b BitOPs per MAC, as in
+one b-bit network. MobileNetV1's depthwise conv is the exception: its weights are b-bit over the b/2 branches'
+channels, (b/2) * b * b per MAC of one branch (docs/spec/imagenet-models.md §9, quirk 4). ``release_quirks``
+reproduces the authors' released implementation (weight bounds initialised from output filter *s* of the whole
+stored weight, bounds indexed by slot); docs/spec/mbquant.md.
 
 The stored layout of the ``QuantizedLayer`` views is branch-major: branch g owns weight rows g*co..(g+1)*co
 (as the code reads them), input channels g*ci..(g+1)*ci and output channels g*co..(g+1)*co.
