@@ -53,11 +53,12 @@ class ClaimedRun:
 
 @contextmanager
 def claimed_run(inv: Invocation, task: Task, arm: ResolvedArm, seed: int, key: str,
-                lock: Path) -> Iterator[ClaimedRun]:
-    """The run ``key`` of (``arm``, ``seed``), held under ``lock`` for the block: the block runs it where
-    ``claim.to_run`` and records it in ``claim``. Under torchrun, for a task all ranks run, rank 0 tells the
+                lock: Path | None = None) -> Iterator[ClaimedRun]:
+    """The run ``key`` of (``arm``, ``seed``), held under ``lock`` (default: the store's lock of ``key``) for the
+    block: the block runs it where ``claim.to_run`` and records it in ``claim``. Under torchrun, for a task all ranks run, rank 0 tells the
     others whether it runs."""
     name = f"{arm.name} seed {seed}" if task.seeded else arm.name
+    lock = lock or inv.tracker.locks / f"{key}.lock"
     with exclusive(lock) as mine:
         previous = _finished(inv, task, key) if mine else None
         if task.all_ranks:

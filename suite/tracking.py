@@ -167,6 +167,7 @@ def failure_reason(err: BaseException) -> str:
 # processes setting the same new tag at once (jobs of one experiment starting together) make the second insert
 # break the key's uniqueness. The row exists then, and writing again updates it.
 LOST_RACE = re.compile(r"UNIQUE constraint failed|duplicate key value violates unique constraint|IntegrityError")
+REPEATABLE_WRITES = ("set_experiment_tag",)
 
 
 def lost_race(err: BaseException) -> bool:
@@ -194,13 +195,23 @@ class GuardedClient:
             if self.failed:
                 raise StoreError(self.failed)
             try:
-                return attr(*args, **kwargs)
+                return self._made_once(name, attr, *args, **kwargs)
             except Exception as err:
                 self.failed = self.failure(name, err)
                 if self.failed is None:
                     raise
                 raise StoreError(self.failed) from None
         return call
+
+    def _made_once(self, name: str, attr, *args, **kwargs):
+        """The call; a repeatable write that lost a race to an identical one is made again (it updates the row the
+        other process inserted)."""
+        try:
+            return attr(*args, **kwargs)
+        except Exception as err:
+            if name not in REPEATABLE_WRITES or not lost_race(err):
+                raise
+        return getattr(self.client, name)(*args, **kwargs)
 
     def failure(self, call: str, err: Exception) -> str | None:
         """What failed, in one line, if ``err`` means the store itself failed; None for an answer to the request."""
@@ -210,7 +221,7 @@ class GuardedClient:
         if self.local is not None:
             full = disk_full(err, self.local)
             return f"the tracking store {self.uri} failed ({call}): {full.strerror}" if full else None
-        if isinstance(err, RestException) and (err.error_code in ANSWERS or lost_race(err)):
+        if isinstance(err, RestException) and err.error_code in ANSWERS:
             return None
         if not isinstance(err, (MlflowException, RequestException)):
             return None
@@ -455,14 +466,8 @@ class Tracker:
         self.finish(run_id)
 
     def set_experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
-        """Set ``tags`` on the experiment, which other processes may be tagging at the same moment."""
         for k, v in tags.items():
-            try:
-                self.client.set_experiment_tag(experiment_id, k, str(v))
-            except Exception as err:
-                if not lost_race(err):
-                    raise
-                self.client.set_experiment_tag(experiment_id, k, str(v))
+            self.client.set_experiment_tag(experiment_id, k, str(v))
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 
 import pandas as pd
 import yaml
@@ -28,6 +29,12 @@ def final_rows(arm: ResolvedArm, seed: int, metrics: dict) -> list[dict]:
     """One result row per bit-width of the run's final top-1 / top-5 (None where it has none)."""
     return [{"arm": arm.name, "seed": seed, "bits": b, "top1": metrics.get(f"final_top1_b{b}"),
              "top5": metrics.get(f"final_top5_b{b}")} for b in arm.config.method.bits]
+
+
+def write_final_metrics(folder: Path, results: dict[int, tuple[float, float]]) -> None:
+    """``final_metrics.csv``: top-1 / top-5 per bit-width, from {bits: (top1, top5)}."""
+    pd.DataFrame([{"bits": b, "top1": t1, "top5": t5} for b, (t1, t5) in sorted(results.items())]).to_csv(
+        folder / "final_metrics.csv", index=False)
 
 
 def summarize_top1(inv: Invocation, rows: pd.DataFrame) -> None:

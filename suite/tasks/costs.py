@@ -38,7 +38,7 @@ class Costs:
 
     def run_arm(self, inv: Invocation, arm: ResolvedArm, seed: int, state: None) -> list[dict]:
         key = "costs-" + arm.run_key(seed)
-        with claimed_run(inv, self, arm, seed, key, inv.tracker.locks / f"{key}.lock") as claim:
+        with claimed_run(inv, self, arm, seed, key) as claim:
             if claim.to_run:
                 claim.record, claim.metrics = self._measure(inv, arm, key)
         if claim.busy:

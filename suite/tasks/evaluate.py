@@ -16,7 +16,7 @@ from suite.lifecycle import claimed_run
 from suite.manifest import LoadedManifest, ResolvedArm, flatten
 from suite.records import final_metrics
 from suite.release import load_release_checkpoint, mapping_table, setting_of
-from suite.tasks.common import check_data, final_rows, summarize_top1
+from suite.tasks.common import check_data, final_rows, summarize_top1, write_final_metrics
 from suite.titles import experiment_name
 from suite.trainer import evaluate, resolve_device
 
@@ -46,7 +46,7 @@ class Evaluate:
 
     def run_arm(self, inv: Invocation, arm: ResolvedArm, seed: int, checkpoints: dict) -> list[dict]:
         key = arm.run_key(seed)
-        with claimed_run(inv, self, arm, seed, key, inv.tracker.locks / f"{key}.lock") as claim:
+        with claimed_run(inv, self, arm, seed, key) as claim:
             if claim.to_run:
                 claim.record, claim.metrics = self._evaluate(inv, arm, key, *checkpoints[arm.name])
         return final_rows(arm, seed, claim.metrics)
@@ -77,8 +77,7 @@ class Evaluate:
             tracker.log_metrics(run_id, metrics, 0)
             tracker.set_tags(run_id, {run_pages.NOTE: note({b: t1 for b, (t1, _) in results.items()})})
             with tracker.artifact_dir(run_id) as tmp:
-                pd.DataFrame([{"bits": b, "top1": t1, "top5": t5} for b, (t1, t5) in sorted(results.items())]).to_csv(
-                    tmp / "final_metrics.csv", index=False)
+                write_final_metrics(tmp, results)
                 pd.DataFrame(mapping_table(net)).to_csv(tmp / "key_mapping.csv", index=False)
         inv.echo(format_results(results, stored))
         inv.echo(f"MLflow run {run_id} in experiment {experiment_name(inv.loaded)!r} ({tracker.uri})")

@@ -22,7 +22,7 @@ from suite.lifecycle import claimed_run
 from suite.manifest import LoadedManifest, ResolvedArm, flatten
 from suite.plots import training_curves_figure
 from suite.records import final_metrics
-from suite.tasks.common import check_data, configured_trainable, final_rows, summarize_top1
+from suite.tasks.common import check_data, configured_trainable, final_rows, summarize_top1, write_final_metrics
 from suite.tasks.costs import cost_metrics
 from suite.titles import setup_name
 from suite.tracking import Tracker, series_key
@@ -110,8 +110,7 @@ def _log_missing_epochs(tracker: Tracker, run_id: str, history: list[dict]) -> N
 
 def _write_run_artifacts(folder: Path, arm: ResolvedArm, seed: int, result) -> None:
     (folder / "resolved_manifest.yaml").write_text(yaml.safe_dump(arm.config.model_dump(mode="json"), sort_keys=False))
-    pd.DataFrame([{"bits": b, "top1": t1, "top5": t5} for b, (t1, t5) in sorted(result.final.items())]).to_csv(
-        folder / "final_metrics.csv", index=False)
+    write_final_metrics(folder, result.final)
     pd.DataFrame(result.history).to_csv(folder / "history.csv", index=False)
     fig = training_curves_figure(pd.DataFrame(result.history), arm.config.method.bits,
                                  title=f"{arm.config.name} / {arm.name} / seed {seed}")
